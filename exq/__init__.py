@@ -1,0 +1,3 @@
+"""exq: a GPU experiment queue daemon for ML researchers."""
+
+__version__ = "0.1.0"

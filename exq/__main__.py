@@ -1,0 +1,3 @@
+from exq.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""The public API of exq: what the CLI and the bridge use, and nothing deeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exq.errors import DaemonRunningError, ExqError
+from exq.queue import intake
+from exq.queue.gpus import GpuSnapshot
+from exq.queue.gpus.select import select_probe
+from exq.queue.intake import ControlReply, ControlRequest, Intake
+from exq.queue.jobspec import SubmissionSpec
+from exq.queue.manifest import load_manifest
+from exq.queue.scheduler import LOCAL_HOST, Scheduler, SchedulerConfig
+from exq.queue.state import Job, QueueState
+from exq.queue.store import StatePaths, Store, daemon_running, default_state_dir, read_state
+from exq.queue.workers import Worker
+from exq.queue.workers.local import LocalWorker
+
+__all__ = [
+    "ControlReply", "ControlRequest", "Intake", "Job", "QueueState", "SchedulerConfig", "StatePaths",
+    "StatusView", "SubmissionSpec", "control", "find_job", "load_manifest", "probe_gpus", "serve",
+    "state_paths", "status", "submit",
+]
+log = logging.getLogger("exq")
+
+
+def state_paths(state_dir: str | Path | None = None) -> StatePaths:
+    """The state directory: the given one, else $EXQ_STATE_DIR, else the XDG default."""
+    return StatePaths(Path(state_dir) if state_dir else default_state_dir())
+
+
+def submit(paths: StatePaths, spec: SubmissionSpec) -> Intake:
+    """Make a submission durable; a running daemon picks it up within a fraction of a second."""
+    return intake.submit(paths, spec)
+
+
+@dataclass(frozen=True)
+class StatusView:
+    state: QueueState
+    pending: list[Intake]
+    """Submissions written by `exq submit` that no daemon has ingested yet."""
+    daemon_alive: bool
+
+
+def status(paths: StatePaths) -> StatusView:
+    """The queue as a reader sees it now: snapshot, newer journal events, and pending submissions."""
+    state = read_state(paths)
+    pending = [item for _, item in intake.pending_intakes(paths)] if paths.intake.exists() else []
+    return StatusView(state, pending, daemon_running(paths))
+
+
+def find_job(state: QueueState, ref: str) -> Job | None:
+    """A job by `SUB/ID`, or by bare `ID` (the newest submission that has it)."""
+    if "/" in ref:
+        return next((j for j in state.jobs if j.key == ref), None)
+    matches = [j for j in state.jobs if j.id == ref]
+    return matches[-1] if matches else None
+
+
+def control(paths: StatePaths, req: ControlRequest, timeout: float = 15.0) -> ControlReply:
+    """Carry out a control request: through the running daemon, or directly when none runs."""
+    reply_path = intake.request(paths, req)
+    if not daemon_running(paths):
+        with contextlib.suppress(DaemonRunningError):  # a daemon started meanwhile: it will answer
+            asyncio.run(_apply_offline(paths))
+    answer = intake.wait_reply(reply_path, timeout)
+    if answer is None:
+        raise ExqError(f"no answer from the exq daemon within {timeout:.0f}s; the request stays queued")
+    return answer
+
+
+async def _apply_offline(paths: StatePaths) -> None:
+    store = Store(paths).open()
+    try:
+        await Scheduler(store, local_workers(), mode="run").apply_pending_requests()
+    finally:
+        store.close()
+
+
+def local_workers() -> dict[str, Worker]:
+    return {LOCAL_HOST: LocalWorker(name=LOCAL_HOST, probe=select_probe())}
+
+
+def probe_gpus() -> GpuSnapshot:
+    probe = select_probe()
+    try:
+        return probe.snapshot()
+    finally:
+        probe.close()
+
+
+def serve(
+    paths: StatePaths,
+    config: SchedulerConfig | None = None,
+    until: Callable[[QueueState], bool] | None = None,
+    mode: str = "daemon",
+) -> QueueState:
+    """Run the scheduler in this process until SIGTERM/SIGINT (drain) or until `until(state)` holds."""
+    return asyncio.run(_serve(paths, config, until, mode))
+
+
+async def _serve(
+    paths: StatePaths,
+    config: SchedulerConfig | None,
+    until: Callable[[QueueState], bool] | None,
+    mode: str,
+) -> QueueState:
+    store = Store(paths).open()
+    workers = local_workers()
+    scheduler = Scheduler(store, workers, config, mode=mode)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, scheduler.drain)
+    try:
+        await scheduler.run(until)
+        return store.state
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for worker in workers.values():
+            await worker.close()
+        store.close()

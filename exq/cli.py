@@ -1,0 +1,293 @@
+"""The `exq` command line: thin commands over `exq.api`, one error boundary, meaningful exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from exq import __version__, api
+from exq.errors import DaemonRunningError, ExqError, NotFoundError
+from exq.queue.intake import ControlRequest
+from exq.queue.state import JobStatus, QueueState
+from exq.units import parse_size
+
+EXIT_JOBS_FAILED = 1
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Context:
+    def __init__(self, state_dir: Path | None) -> None:
+        self.paths = api.state_paths(state_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="EXQ_STATE_DIR",
+              help="State directory (default: $XDG_STATE_HOME/exq or ~/.local/state/exq).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="exq")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path | None, verbose: int) -> None:
+    """exq: a GPU experiment queue. Submit YAML manifests; the daemon places jobs on free GPUs.
+
+    \b
+    Exit codes: 0 ok, 1 error or failed jobs (run), 2 invalid manifest or usage,
+    3 unusable state directory, 4 a daemon already runs, 5 no such job/phase/submission.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(logging.DEBUG, level), format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    ctx.obj = _Context(state_dir)
+
+
+def _paths(ctx: click.Context) -> api.StatePaths:
+    obj: _Context = ctx.obj
+    return obj.paths
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(exists=False, dir_okay=False, path_type=Path))
+def validate(manifest: Path) -> None:
+    """Check MANIFEST and print the jobs it expands to; submit nothing."""
+    spec = api.load_manifest(manifest)
+    from exq.views import spec_table
+
+    console.print(spec_table(spec))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print the expanded jobs and submit nothing.")
+@click.pass_context
+def submit(ctx: click.Context, manifest: Path, dry_run: bool) -> None:
+    """Submit MANIFEST to the queue. Returns once the submission is durable."""
+    spec = api.load_manifest(manifest)
+    if dry_run:
+        from exq.views import spec_table
+
+        console.print(spec_table(spec))
+        return
+    paths = _paths(ctx)
+    item = api.submit(paths, spec)
+    console.print(f"submitted {len(spec.jobs)} job(s) as submission {item.id} ({spec.name})")
+    if not api.status(paths).daemon_alive:
+        err_console.print("note: no exq daemon runs on this state dir; start `exq daemon` to run the jobs")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def run(ctx: click.Context, manifest: Path) -> None:
+    """Submit MANIFEST and schedule in this process until its jobs end (exit 1 if any did not succeed)."""
+    paths = _paths(ctx)
+    spec = api.load_manifest(manifest)
+    if api.status(paths).daemon_alive:
+        raise DaemonRunningError("an exq daemon runs on this state dir; use `exq submit` instead")
+    item = api.submit(paths, spec)
+    gpus = api.probe_gpus()
+    label = " (SIMULATED)" if gpus.simulated else ""
+    err_console.print(f"exq run: submission {item.id}, {len(spec.jobs)} job(s); GPUs: {len(gpus.gpus)} "
+                      f"via {gpus.backend}{label}" + (f" - {gpus.message}" if gpus.message else ""))
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger("exq").setLevel(logging.INFO)
+
+    def done(state: QueueState) -> bool:
+        mine = [j for j in state.jobs if j.submission == item.id]
+        return bool(mine) and all(j.status.finished for j in mine)
+
+    state = api.serve(paths, until=done, mode="run")
+    view = api.StatusView(state, [], False)
+    from exq.views import job_table, phase_table
+
+    mine = [j for j in state.jobs if j.submission == item.id]
+    console.print(phase_table(view))
+    console.print(job_table(mine))
+    if not done(state):
+        err_console.print("exq run: interrupted; running jobs keep running (`exq daemon` re-attaches them)")
+        sys.exit(EXIT_JOBS_FAILED)
+    if any(j.status != JobStatus.SUCCEEDED for j in mine):
+        sys.exit(EXIT_JOBS_FAILED)
+
+
+@cli.command()
+@click.option("--foreign-threshold", default="500MiB", show_default=True,
+              help="A GPU is not used while processes exq did not launch hold this much memory on it.")
+@click.option("--probe-interval", default=2.0, show_default=True, help="Seconds between GPU probes.")
+@click.pass_context
+def daemon(ctx: click.Context, foreign_threshold: str, probe_interval: float) -> None:
+    """Run the scheduler until SIGTERM (drain: stop placing, leave running jobs running, exit)."""
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger("exq").setLevel(logging.INFO)
+    config = api.SchedulerConfig(foreign_threshold=parse_size(foreign_threshold), probe_interval=probe_interval)
+    api.serve(_paths(ctx), config=config)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON (the queue_state.json schema).")
+@click.option("--watch", is_flag=True, help="Keep the view live until Ctrl-C.")
+@click.option("--all", "all_jobs", is_flag=True, help="List every job, not only the active and recent ones.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, watch: bool, all_jobs: bool) -> None:
+    """Show submissions, phases and jobs."""
+    from exq.views import status_renderable
+
+    paths = _paths(ctx)
+    if as_json:
+        click.echo(api.status(paths).state.model_dump_json(indent=2))
+        return
+    if not watch:
+        console.print(status_renderable(api.status(paths), all_jobs))
+        return
+    with Live(status_renderable(api.status(paths), all_jobs), console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                time.sleep(1.0)
+                live.update(status_renderable(api.status(paths), all_jobs))
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command()
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job's attempt ends.")
+@click.option("--attempt", type=int, help="Attempt number (default: the latest).")
+@click.pass_context
+def logs(ctx: click.Context, job: str, follow: bool, attempt: int | None) -> None:
+    """Print the log of JOB (`ID` or `SUBMISSION/ID`)."""
+    paths = _paths(ctx)
+    found = api.find_job(api.status(paths).state, job)
+    if found is None:
+        raise NotFoundError(f"no job {job!r} in the queue")
+    if not found.attempts:
+        raise NotFoundError(f"job {found.key} has not started yet ({found.status.value})")
+    chosen = found.attempts[(attempt or len(found.attempts)) - 1]
+    path = Path(chosen.log)
+    offset = _print_from(path, 0)
+    while follow:
+        current = api.find_job(api.status(paths).state, found.key)
+        ended = current is None or len(current.attempts) != chosen.number or current.attempts[-1].ended_at
+        offset = _print_from(path, offset)
+        if ended:
+            break
+        time.sleep(0.5)
+
+
+def _print_from(path: Path, offset: int) -> int:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return offset + len(data)
+
+
+def _control(ctx: click.Context, req: ControlRequest) -> None:
+    reply = api.control(_paths(ctx), req)
+    if not reply.ok:
+        raise NotFoundError(reply.message)
+    console.print(reply.message)
+
+
+_SCOPE_OPTIONS = [
+    click.option("--phase", "scope", flag_value="phase", help="TARGETS are phase names."),
+    click.option("--submission", "scope", flag_value="submission", help="TARGETS are submission ids or names."),
+    click.option("--all", "scope", flag_value="all", help="Every job in the queue."),
+]
+
+
+def _scoped(func: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(_SCOPE_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@_scoped
+@click.pass_context
+def cancel(ctx: click.Context, targets: tuple[str, ...], scope: str | None) -> None:
+    """Cancel jobs (queued ones at once; running ones are killed: SIGTERM, grace, SIGKILL)."""
+    _require_targets(targets, scope)
+    _control(ctx, ControlRequest(op="cancel", targets=list(targets), scope=scope or "job"))
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@_scoped
+@click.pass_context
+def retry(ctx: click.Context, targets: tuple[str, ...], scope: str | None) -> None:
+    """Queue failed, blocked or cancelled jobs again (and the jobs blocked behind them)."""
+    _require_targets(targets, scope)
+    _control(ctx, ControlRequest(op="retry", targets=list(targets), scope=scope or "job"))
+
+
+@cli.command()
+@click.pass_context
+def pause(ctx: click.Context) -> None:
+    """Stop placing new jobs; running jobs go on."""
+    _control(ctx, ControlRequest(op="pause"))
+
+
+@cli.command()
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """Place jobs again after `exq pause`."""
+    _control(ctx, ControlRequest(op="resume"))
+
+
+def _require_targets(targets: tuple[str, ...], scope: str | None) -> None:
+    if not targets and scope != "all":
+        raise click.UsageError("name at least one job (or use --phase/--submission with names, or --all)")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of queue_state.json."""
+    click.echo(json.dumps(QueueState.model_json_schema(), indent=2))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def gpus(as_json: bool) -> None:
+    """Show the GPUs the probe sees on this machine (simulated ones are labelled so)."""
+    snap = api.probe_gpus()
+    if as_json:
+        click.echo(json.dumps({"backend": snap.backend, "simulated": snap.simulated, "message": snap.message,
+                               "gpus": [vars(g) | {"processes": [vars(p) for p in g.processes]}
+                                        for g in snap.gpus]}, indent=2))
+        return
+    from exq.views import gpu_table
+
+    console.print(gpu_table("local", snap))
+
+
+def main() -> None:
+    """Entry point: the one error boundary mapping exq errors to messages and exit codes."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ExqError as exc:
+        err_console.print(Text("exq: error: ", style="bold red") + Text(str(exc)), highlight=False)
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+
+
+if __name__ == "__main__":
+    main()

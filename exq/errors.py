@@ -1,0 +1,66 @@
+"""The one error hierarchy of exq; the CLI maps each class to an exit code."""
+
+from __future__ import annotations
+
+
+class ExqError(Exception):
+    """Base of every error exq reports to a user (printed without a traceback)."""
+
+    exit_code = 1
+
+
+class ManifestError(ExqError):
+    """A manifest is invalid. Carries every problem found, each with file, line, column and field."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[ManifestProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ManifestProblem:
+    """One problem in a manifest: where it is, which field, and what was expected."""
+
+    def __init__(self, file: str, line: int | None, column: int | None, field: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.column = column
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"
+
+    def __repr__(self) -> str:
+        return f"ManifestProblem({self!s})"
+
+
+class StateError(ExqError):
+    """The state directory is unusable (corrupt, unreadable, wrong version)."""
+
+    exit_code = 3
+
+
+class DaemonRunningError(ExqError):
+    """Another daemon already holds this state directory."""
+
+    exit_code = 4
+
+
+class NotFoundError(ExqError):
+    """A job, phase or submission named on the command line does not exist."""
+
+    exit_code = 5
+
+
+class WorkerError(ExqError):
+    """A worker could not launch, watch or kill a job."""
+
+    exit_code = 6

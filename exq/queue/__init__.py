@@ -1,0 +1,1 @@
+"""The queue: manifests, state, the scheduler and its workers."""

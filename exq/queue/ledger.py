@@ -1,0 +1,115 @@
+"""The in-memory queue state with an index by job key, changed only by applying events."""
+
+from __future__ import annotations
+
+from exq.queue.events import (
+    Blocked,
+    CancelRequested,
+    Ended,
+    Event,
+    Launched,
+    PausedSet,
+    Reset,
+    Started,
+    Submitted,
+)
+from exq.queue.state import Job, JobStatus, QueueState, job_key
+
+
+class Ledger:
+    """QueueState plus lookups; `apply` is the only way it changes."""
+
+    def __init__(self, state: QueueState | None = None) -> None:
+        self.state = state or QueueState()
+        self.jobs: dict[str, Job] = {job.key: job for job in self.state.jobs}
+        self.submissions = {sub.id for sub in self.state.submissions}
+
+    def job(self, key: str) -> Job:
+        return self.jobs[key]
+
+    def apply(self, event: Event) -> None:
+        """Apply one event (already given its seq) to the state."""
+        self.state.seq = event.seq
+        self.state.updated_at = event.at
+        match event:
+            case Submitted():
+                self._submitted(event)
+            case Launched():
+                job = self.jobs[event.key]
+                job.status = JobStatus.RUNNING
+                job.attempts.append(event.attempt)
+                job.host, job.gpus = event.attempt.host, list(event.attempt.gpus)
+                job.params, job.cmd = dict(event.attempt.params), event.attempt.cmd
+                job.log, job.reason, job.not_before = event.attempt.log, None, None
+            case Started():
+                attempt = self.jobs[event.key].attempts[event.number - 1]
+                attempt.pid, attempt.started_at = event.pid, event.started_at
+            case Ended():
+                self._ended(event)
+            case Blocked():
+                for key in event.keys:
+                    job = self.jobs[key]
+                    job.status, job.reason, job.finished_at = JobStatus.BLOCKED, event.reason, event.at
+            case CancelRequested():
+                self._cancel_requested(event)
+            case Reset():
+                for key in event.keys:
+                    self._reset(self.jobs[key])
+            case PausedSet():
+                self.state.paused = event.paused
+
+    def _submitted(self, event: Submitted) -> None:
+        self.state.submissions.append(event.submission)
+        self.submissions.add(event.submission.id)
+        order = len(self.state.jobs)
+        for offset, spec in enumerate(event.jobs):
+            job = Job(
+                id=spec.id,
+                submission=event.submission.id,
+                phase=spec.phase,
+                params=dict(spec.params),
+                cmd=spec.cmd,
+                priority=spec.priority,
+                order=order + offset,
+                deps=list(spec.deps),
+                submitted_at=event.at,
+                spec=spec,
+            )
+            self.state.jobs.append(job)
+            self.jobs[job.key] = job
+
+    def _ended(self, event: Ended) -> None:
+        job = self.jobs[event.key]
+        attempt = job.attempts[event.number - 1]
+        attempt.ended_at, attempt.exit_code, attempt.signal = event.ended_at, event.exit_code, event.signal
+        attempt.outcome, attempt.reason = event.outcome, event.reason
+        job.status, job.not_before = event.status, event.not_before
+        job.reason = None if event.status == JobStatus.SUCCEEDED else event.job_reason or event.reason
+        if event.result is not None:
+            job.result = event.result
+        if event.retry_kind == "oom":
+            job.oom_retries += 1
+        elif event.retry_kind == "failure":
+            job.failure_retries += 1
+        if event.params is not None and event.cmd is not None:
+            job.params, job.cmd = dict(event.params), event.cmd
+        if event.status.finished:
+            job.finished_at = event.ended_at
+
+    def _cancel_requested(self, event: CancelRequested) -> None:
+        for key in event.keys:
+            job = self.jobs[key]
+            if job.status == JobStatus.RUNNING:
+                job.cancel_requested = True
+            elif not job.status.finished or job.status == JobStatus.BLOCKED:
+                job.status, job.reason, job.finished_at = JobStatus.CANCELLED, "cancelled by user", event.at
+
+    @staticmethod
+    def _reset(job: Job) -> None:
+        job.status, job.reason, job.not_before, job.finished_at = JobStatus.QUEUED, None, None, None
+        job.oom_retries = job.failure_retries = 0
+        job.cancel_requested = False
+        job.params, job.cmd = dict(job.spec.params), job.spec.cmd
+
+
+__all__ = ["Ledger", "job_key"]

@@ -1,0 +1,543 @@
+"""The YAML manifest: pydantic models, validation with file:line:col problems, and expansion to jobs.
+
+`load_manifest(path)` / `parse_manifest(text, source)` return a SubmissionSpec or raise one
+ManifestError carrying every problem found.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from exq.errors import ManifestError, ManifestProblem
+from exq.queue import expand
+from exq.queue.jobspec import (
+    FailureRetry,
+    JobSpec,
+    OomRetry,
+    OomScale,
+    Resources,
+    RetryPolicy,
+    Scalar,
+    SubmissionSpec,
+)
+from exq.queue.template import TemplateError, placeholders, render, render_cmd, render_id
+from exq.queue.template import format_value as _text
+from exq.queue.template import unknown_placeholder_message as _unknown
+from exq.queue.yamlpos import Path, Problems, YamlSyntaxError, load_yaml
+from exq.units import parse_duration, parse_size
+
+# ---------------------------------------------------------------- leaf types with plain messages
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    return "null" if value is None else repr(value)
+
+
+def _leaf(expected: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v
+          ) -> PlainValidator:
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(f"expected {expected}, got {_show(value)}")
+        return convert(value)
+
+    return PlainValidator(check)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _units(parse: Callable[[Any], Any], positive: bool = False) -> PlainValidator:
+    def check(value: Any) -> Any:
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"expected a size or duration such as 20GiB or 90s, got {_show(value)}")
+        parsed = parse(value)
+        if positive and parsed <= 0:
+            raise ValueError(f"expected a positive duration such as 90s or 2h30m, got {_show(value)}")
+        return parsed
+
+    return PlainValidator(check)
+
+
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | dict) else value
+
+
+def _non_empty_list(value: Any) -> Any:
+    if not isinstance(value, list) or not value:
+        hint = "(a single fixed value belongs in params)"
+        raise ValueError(f"expected a non-empty list of values {hint}, got {_show(value)}")
+    return value
+
+
+def _equal_lengths(group: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
+    if not group:
+        raise ValueError("expected a mapping of grid keys to lists of equal length, got an empty mapping")
+    if len({len(v) for v in group.values()}) > 1:
+        sizes = ", ".join(f"{k} has {len(v)}" for k, v in group.items())
+        raise ValueError(f"the lists of a zip group must have equal lengths: {sizes}")
+    return group
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+Str = Annotated[str, _leaf("a string", lambda v: isinstance(v, str))]
+Name = Annotated[str, _leaf("a name of letters, digits, '.', '_' or '-' starting with a letter or digit",
+                            lambda v: isinstance(v, str) and bool(_NAME_RE.match(v)))]
+Int = Annotated[int, _leaf("an integer", _is_int)]
+Count = Annotated[int, _leaf("an integer >= 0", lambda v: _is_int(v) and v >= 0)]
+Bool = Annotated[bool, _leaf("true or false", lambda v: isinstance(v, bool))]
+Factor = Annotated[float, _leaf("a number >= 1", lambda v: _is_num(v) and v >= 1, float)]
+Fraction = Annotated[float, _leaf("a number between 0 and 1 (exclusive)",
+                                  lambda v: _is_num(v) and 0 < v < 1, float)]
+NonNegNumber = Annotated[float, _leaf("a number >= 0", lambda v: _is_num(v) and v >= 0)]
+Size = Annotated[int, _units(parse_size)]
+Duration = Annotated[float, _units(parse_duration)]
+PosDuration = Annotated[float, _units(parse_duration, positive=True)]
+Value = Annotated[Scalar, _leaf("a string, number or boolean", lambda v: isinstance(v, str | int | float))]
+EnvValue = Annotated[str, _leaf("a string, number or boolean",
+                                lambda v: isinstance(v, str | int | float), _text)]
+Values = Annotated[list[Value], BeforeValidator(_non_empty_list)]
+ZipGroup = Annotated[dict[Str, Values], AfterValidator(_equal_lengths)]
+Names = Annotated[list[Str], BeforeValidator(_one_or_list)]
+
+# ---------------------------------------------------------------- the document models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OomRetryModel(_Model):
+    max: Count = 3
+    backoff: Duration = 10.0
+    factor: Factor = 2.0
+    max_backoff: Duration = 600.0
+
+
+class FailureRetryModel(_Model):
+    max: Count = 0
+    backoff: Duration = 0.0
+
+
+class RetryModel(_Model):
+    oom: OomRetryModel = OomRetryModel()
+    failure: FailureRetryModel = FailureRetryModel()
+
+
+class ScaleModel(_Model):
+    param: Str
+    factor: Fraction
+    min: NonNegNumber = 1
+
+
+class OnOomModel(_Model):
+    scale: ScaleModel
+
+
+class SettingsModel(_Model):
+    """What `defaults` may set, and every phase too."""
+
+    params: dict[Str, Value] = {}
+    priority: Int = 0
+    gpus: Count = 1
+    gpu_memory: Size | None = None
+    share: Bool = False
+    timeout: PosDuration | None = None
+    retry: RetryModel = RetryModel()
+    on_oom: OnOomModel | None = None
+    outputs: Names = []
+    env: dict[Str, EnvValue] = {}
+    setup: Str | None = None
+
+
+class GridModel(_Model):
+    """Grid keys -> lists of values; `zip` holds groups of keys advanced in lock-step."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Values] = Field(init=False)
+    zip: Annotated[list[ZipGroup], BeforeValidator(_one_or_list)] = []
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: Callable[[Any], GridModel]) -> GridModel:
+        grid = handler(data)
+        grid._order = [str(k) for k in data] if isinstance(data, dict) else []
+        return grid
+
+    def entries(self) -> list[expand.GridEntry]:
+        extra = self.model_extra or {}
+        return [self.zip if key == "zip" else (key, extra[key]) for key in self._order]
+
+
+class JobsModel(SettingsModel):
+    """What produces jobs: a phase, or the top level of a single-phase manifest."""
+
+    grid: GridModel = GridModel()
+    exclude: list[dict[Str, Value]] = []
+    include: list[dict[Str, Value]] = []
+    id: Str | None = None
+
+
+class PhaseModel(JobsModel):
+    name: Name
+    after: Names = []
+    match: Names = []
+    cmd: Str
+
+
+class ManifestModel(JobsModel):
+    name: Name
+    workdir: Str | None = None
+    defaults: SettingsModel = SettingsModel()
+    phases: list[PhaseModel] | None = None
+    cmd: Str | None = None
+
+
+_SETTINGS = set(SettingsModel.model_fields)
+_TOP_ONLY = {"name", "workdir", "defaults", "phases", "env", "setup"}
+_RESOURCES = ("gpus", "gpu_memory", "share", "timeout")
+_RESERVED = ("phase", "id")
+
+# ---------------------------------------------------------------- pydantic errors -> problems
+
+_EXPECTED = {
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "list_type": "a list", "string_type": "a string", "invalid_key": "string keys",
+}
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, types.UnionType) and type(None) in get_args(tp) and len(get_args(tp)) == 2:
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _model_at(loc: Path) -> type[BaseModel] | None:
+    """The model class that validates the mapping at `loc`."""
+    tp: Any = ManifestModel
+    for part in loc:
+        tp = _unwrap(tp)
+        fields = tp.model_fields if isinstance(tp, type) and issubclass(tp, BaseModel) else {}
+        if isinstance(part, str) and part in fields:
+            tp = fields[part].annotation
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1]
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _unknown_field(loc: Path) -> str:
+    name = str(loc[-1])
+    model = _model_at(loc[:-1])
+    fields = sorted(model.model_fields) if model else []
+    close = difflib.get_close_matches(name, fields, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field {name!r}{hint}; expected one of {', '.join(fields)}"
+
+
+def _normalize(loc: tuple[int | str, ...], data: Any) -> Path:
+    """`loc` as a path into `data`, dropping the index pydantic adds to a one-item shorthand."""
+    path: list[str | int] = []
+    for part in loc:
+        if part == 0 and not isinstance(data, list):
+            continue
+        path.append(part)
+        data = data.get(part) if isinstance(data, dict) else data[part] if isinstance(data, list) and \
+            isinstance(part, int) and part < len(data) else None
+    return tuple(path)
+
+
+def _report(error: ErrorDetails, data: Any, problems: Problems) -> None:
+    kind, loc = error["type"], tuple(error["loc"])
+    if loc and loc[-1] == "[key]":
+        path = _normalize(loc[:-1], data)
+        problems.add(path, f"bad key: {error['msg'].removeprefix('Value error, ')}", key=True)
+    elif kind == "missing":
+        problems.add(_normalize(loc, data), f"missing required field {loc[-1]!r}", parent=True)
+    elif kind == "extra_forbidden":
+        problems.add(_normalize(loc, data), _unknown_field(loc), key=True)
+    elif kind in _EXPECTED:
+        problems.add(_normalize(loc, data), f"expected {_EXPECTED[kind]}, got {_show(error['input'])}")
+    else:
+        problems.add(_normalize(loc, data), error["msg"].removeprefix("Value error, "))
+
+
+# ---------------------------------------------------------------- from models to jobs
+
+
+@dataclass
+class _Phase:
+    name: str
+    path: Path
+    model: JobsModel
+    cmd: str
+    after: list[str]
+    match: list[str]
+
+
+def _phases(model: ManifestModel, problems: Problems) -> list[_Phase]:
+    if model.phases is None:
+        if model.cmd is None:
+            problems.add(("cmd",), "missing required field 'phases' (or 'cmd' for a single-phase manifest)",
+                         parent=True)
+            return []
+        return [_Phase(model.name, (), model, model.cmd, [], [])]
+    for field in sorted(model.model_fields_set - _TOP_ONLY):
+        problems.add((field,), f"a top-level {field!r} is only allowed without 'phases'; "
+                               "put it in a phase (or, for settings, in 'defaults')", key=True)
+    if not model.phases:
+        problems.add(("phases",), "expected at least one phase")
+    seen: set[str] = set()
+    for i, phase in enumerate(model.phases):
+        if phase.name in seen:
+            problems.add(("phases", i, "name"), f"duplicate phase name {phase.name!r}")
+        seen.add(phase.name)
+    return [_Phase(p.name, ("phases", i), p, p.cmd, p.after, p.match) for i, p in enumerate(model.phases)]
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if key != "on_oom" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _workdir(model: ManifestModel, source: str, problems: Problems) -> str:
+    base = os.path.dirname(source)
+    workdir = os.path.normpath(os.path.join(base, os.path.expanduser(model.workdir or ".")))
+    if not os.path.isdir(workdir):
+        what = "is not a directory" if os.path.exists(workdir) else "does not exist"
+        problems.add(("workdir",), f"workdir {workdir} {what}")
+    return workdir
+
+
+@dataclass
+class _Context:
+    model: ManifestModel
+    workdir: str
+    problems: Problems
+
+
+class _PhaseBuilder:
+    """Expands one phase to its jobs, reporting what is wrong with it."""
+
+    def __init__(self, phase: _Phase, ctx: _Context) -> None:
+        self.phase, self.ctx, self.problems = phase, ctx, ctx.problems
+        top, defaults = ctx.model, ctx.model.defaults
+        settings = _merge({"env": top.env, "setup": top.setup}, defaults.model_dump(exclude_unset=True))
+        self.settings = _merge(settings, phase.model.model_dump(exclude_unset=True, include=_SETTINGS))
+        self.on_oom_path: Path = phase.path if "on_oom" in phase.model.model_fields_set else ("defaults",)
+        self.axes = expand.grid_axes(phase.model.grid.entries(), phase.path, self.problems)
+        self.grid_keys = expand.grid_keys(self.axes)
+        self.fixed = {**{k: v for k, v in defaults.params.items() if k not in self.grid_keys},
+                      **phase.model.params}
+        self.keys = [*self.grid_keys, *self.fixed]
+
+    def _at(self, *rest: str | int) -> Path:
+        return (*self.phase.path, *rest)
+
+    def check_names(self) -> bool:
+        ok = True
+        for key in self.grid_keys:
+            if key in _RESERVED:
+                self.problems.add(self._at("grid", key), f"grid key {key!r} is reserved; rename it", key=True)
+                ok = False
+        for key in self.phase.model.params:
+            if key in self.grid_keys or key in _RESERVED:
+                why = "is also a grid key; remove one of them" if key in self.grid_keys else "is reserved"
+                self.problems.add(self._at("params", key), f"param {key!r} {why}", key=True)
+                ok = False
+        return ok
+
+    def check_templates(self) -> bool:
+        names = [*self.keys, "phase"]
+        ok = self._check_template("id", self.phase.model.id, names)
+        ok = self._check_template("cmd", self.phase.cmd, [*names, "id"]) and ok
+        for i, glob in enumerate(self.settings.get("outputs", [])):
+            ok = self._check_template("outputs", glob, [*names, "id"], i) and ok
+        return ok
+
+    def _check_template(self, field: str, template: str | None, names: list[str], *index: int) -> bool:
+        if template is None:
+            return True
+        try:
+            unknown = [n for n in placeholders(template) if n not in names]
+        except TemplateError as exc:
+            self.problems.add(self._at(field, *index), str(exc))
+            return False
+        for name in unknown:
+            self.problems.add(self._at(field, *index), _unknown(name, names))
+        return not unknown
+
+    def default_id(self, combo: expand.Combo) -> str:
+        text = self.phase.name + "".join(f"_{k}{_text(v)}" for k, v in combo.items())
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:200]
+
+    def job_id(self, combo: expand.Combo) -> str:
+        template = self.phase.model.id
+        params = {**combo, **self.fixed}
+        return render_id(template, params, phase=self.phase.name) if template else self.default_id(combo)
+
+    def job(self, job_id: str, combo: expand.Combo) -> JobSpec:
+        params = {**combo, **self.fixed}
+        values = {**params, "phase": self.phase.name, "id": job_id}
+        s = self.settings
+        retry = s.get("retry", {})
+        return JobSpec(
+            id=job_id, phase=self.phase.name, cmd_template=self.phase.cmd, params=params,
+            cmd=render_cmd(self.phase.cmd, params, job_id=job_id, phase=self.phase.name),
+            workdir=self.ctx.workdir, env=s.get("env", {}), setup=s.get("setup"),
+            resources=Resources(**{k: s[k] for k in _RESOURCES if k in s}),
+            retry=RetryPolicy(oom=OomRetry(**retry.get("oom", {})),
+                              failure=FailureRetry(**retry.get("failure", {}))),
+            oom_scale=OomScale(**s["on_oom"]["scale"]) if s.get("on_oom") else None,
+            outputs=[render(glob, values, quote=False) for glob in s.get("outputs", [])],
+            priority=s.get("priority", 0),
+        )
+
+    def check_scale(self, jobs: list[JobSpec]) -> None:
+        scale = jobs[0].oom_scale if jobs else None
+        if scale is None:
+            return
+        path = (*self.on_oom_path, "on_oom", "scale", "param")
+        if scale.param not in self.keys:
+            self.problems.add(path, f"on_oom.scale.param {scale.param!r} is not a param or grid key of phase "
+                                    f"{self.phase.name!r}; its keys: {', '.join(self.keys) or '(none)'}")
+            return
+        bad = [j for j in jobs if not expand.is_number(j.params[scale.param])]
+        if bad:
+            self.problems.add(path, f"on_oom.scale.param {scale.param!r} must be numeric in every job; job "
+                                    f"{bad[0].id!r} has {_text(bad[0].params[scale.param])!r}")
+
+    def build(self) -> list[JobSpec]:
+        model = self.phase.model
+        combos = expand.expand_grid(self.axes, model.exclude, model.include, self.phase.path, self.problems)
+        if not (self.check_names() & self.check_templates()):
+            return []
+        jobs: list[JobSpec] = []
+        failures: dict[str, list[str]] = {"id": [], "cmd": []}
+        for combo in combos:
+            field = "id"
+            try:
+                job_id = self.job_id(combo)
+                field = "cmd"
+                jobs.append(self.job(job_id, combo))
+            except TemplateError as exc:
+                failures[field].append(str(exc))
+        for field, messages in failures.items():
+            if messages:
+                more = f" (and {len(messages) - 1} more jobs)" if len(messages) > 1 else ""
+                self.problems.add(self._at(field), messages[0] + more)
+        self.check_scale(jobs)
+        return jobs
+
+
+def _check_unique(jobs: list[JobSpec], paths: Mapping[str, Path], problems: Problems) -> None:
+    first: dict[str, JobSpec] = {}
+    for job in jobs:
+        other = first.setdefault(job.id, job)
+        if other is not job:
+            problems.add(paths[job.phase], f"duplicate job id {job.id!r}: phase {other.phase!r} with "
+                                           f"{expand.show(other.params)} and phase {job.phase!r} with "
+                                           f"{expand.show(job.params)}")
+
+
+def _expand(model: ManifestModel, source: str, problems: Problems) -> SubmissionSpec:
+    phases = _phases(model, problems)
+    ctx = _Context(model, _workdir(model, source, problems), problems)
+    jobs: list[JobSpec] = []
+    graph: list[expand.PhaseJobs] = []
+    for phase in phases:
+        builder = _PhaseBuilder(phase, ctx)
+        built = builder.build()
+        jobs.extend(built)
+        graph.append(expand.PhaseJobs(phase.name, phase.path, phase.after, phase.match, builder.keys,
+                                      [(j.id, j.params) for j in built]))
+    paths = {p.name: (*p.path, "id" if p.model.id else "grid") for p in phases}
+    _check_unique(jobs, paths, problems)
+    deps = expand.resolve_deps(graph, problems)
+    problems.raise_if_any()
+    jobs = [j.model_copy(update={"deps": deps.get(j.id, [])}) for j in jobs]
+    return SubmissionSpec(name=model.name, source=source, phases=[p.name for p in phases], jobs=jobs)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def parse_manifest(text: str, source: str) -> SubmissionSpec:
+    """Validate and expand manifest `text`; `source` is its absolute path (for messages and workdir)."""
+    source = os.path.abspath(source)
+    try:
+        data, positions = load_yaml(text)
+    except YamlSyntaxError as exc:
+        line, column = exc.pos or (None, None)
+        problem = ManifestProblem(source, line, column, "", f"invalid YAML: {exc.message}")
+        raise ManifestError([problem]) from None
+    problems = Problems(source, positions)
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else _show(data)
+        problems.add((), f"expected a mapping at the top level (name, phases or cmd, ...), got {got}")
+        raise problems.error()
+    try:
+        model = ManifestModel.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            _report(error, data, problems)
+        raise problems.error() from None
+    return _expand(model, source, problems)
+
+
+def load_manifest(path: str | os.PathLike[str]) -> SubmissionSpec:
+    """Read, validate and expand the manifest file at `path`."""
+    source = os.path.abspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        message = "manifest file not found"
+    except (OSError, UnicodeDecodeError) as exc:
+        message = f"cannot read manifest: {exc}"
+    else:
+        return parse_manifest(text, source)
+    raise ManifestError([ManifestProblem(source, None, None, "", message)])
+
+
+__all__ = ["ManifestModel", "PhaseModel", "load_manifest", "parse_manifest"]

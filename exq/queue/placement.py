@@ -1,0 +1,114 @@
+"""Which GPUs a job may take: pure functions over probe snapshots and exq's own reservations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from exq.queue.gpus import GpuInfo, GpuSnapshot
+from exq.queue.jobspec import Resources
+
+DEFAULT_FOREIGN_THRESHOLD = 500 * 1024**2
+
+
+@dataclass
+class Reservation:
+    """GPUs held by one exq attempt, from launch until its memory is seen released (settled)."""
+
+    key: str
+    host: str
+    gpus: tuple[int, ...]
+    memory: int | None
+    """Bytes per GPU; None takes each GPU whole."""
+    share: bool
+    pgid: int | None = None
+    settling_since: float | None = None
+    """Set when the attempt ended; the reservation holds until its processes are gone."""
+
+    @property
+    def exclusive(self) -> bool:
+        return self.memory is None or not self.share
+
+
+@dataclass(frozen=True)
+class GpuLoad:
+    """One GPU as placement sees it."""
+
+    host: str
+    gpu: GpuInfo
+    foreign: int
+    reserved: int
+    reservations: tuple[Reservation, ...]
+
+    @property
+    def available(self) -> int:
+        return max(0, self.gpu.memory_total - self.foreign - self.reserved)
+
+
+@dataclass(frozen=True)
+class Placement:
+    host: str
+    gpus: tuple[int, ...]
+    uuids: tuple[str, ...]
+
+
+def gpu_loads(snapshots: Mapping[str, GpuSnapshot], reservations: Iterable[Reservation]) -> list[GpuLoad]:
+    """Every GPU of every host, with memory split into foreign (not exq's) and reserved (exq's)."""
+    by_gpu: dict[tuple[str, int], list[Reservation]] = {}
+    ours: dict[str, set[int]] = {}
+    for res in reservations:
+        for index in res.gpus:
+            by_gpu.setdefault((res.host, index), []).append(res)
+        if res.pgid is not None:
+            ours.setdefault(res.host, set()).add(res.pgid)
+    loads = []
+    for host, snap in snapshots.items():
+        host_pgids = ours.get(host, set())
+        for gpu in snap.gpus:
+            own = sum(p.used_memory for p in gpu.processes if p.pgid is not None and p.pgid in host_pgids)
+            held = by_gpu.get((host, gpu.index), [])
+            reserved = sum(r.memory if r.memory is not None else gpu.memory_total for r in held)
+            loads.append(GpuLoad(host, gpu, max(0, gpu.memory_used - own), reserved, tuple(held)))
+    return loads
+
+
+def usable(load: GpuLoad, resources: Resources, foreign_threshold: int) -> bool:
+    """Whether one more attempt with `resources` fits on this GPU now."""
+    if load.foreign >= foreign_threshold:
+        return False
+    wants_exclusive = resources.gpu_memory is None or not resources.share
+    if load.reservations and (wants_exclusive or any(r.exclusive for r in load.reservations)):
+        return False
+    need = resources.gpu_memory if resources.gpu_memory is not None else 1
+    return load.available >= need
+
+
+def place(
+    resources: Resources,
+    loads: list[GpuLoad],
+    *,
+    foreign_threshold: int = DEFAULT_FOREIGN_THRESHOLD,
+    hosts: Iterable[str] | None = None,
+    avoid: frozenset[tuple[str, int]] = frozenset(),
+) -> Placement | None:
+    """Pick `resources.gpus` usable GPUs of one host, most available memory first; None if none fit.
+
+    GPUs in `avoid` (e.g. where the job just ran out of memory) are taken only when nothing else fits.
+    """
+    allowed = set(hosts) if hosts is not None else None
+    candidates: dict[str, list[GpuLoad]] = {}
+    for load in loads:
+        if (allowed is None or load.host in allowed) and usable(load, resources, foreign_threshold):
+            candidates.setdefault(load.host, []).append(load)
+    best: tuple[tuple[int, int], Placement] | None = None
+    for host, host_loads in candidates.items():
+        if len(host_loads) < resources.gpus:
+            continue
+        host_loads.sort(key=lambda ld: ((ld.host, ld.gpu.index) in avoid, -ld.available, ld.gpu.index))
+        chosen = host_loads[: resources.gpus]
+        avoided = sum((ld.host, ld.gpu.index) in avoid for ld in chosen)
+        score = (avoided, -min(ld.available for ld in chosen))
+        if best is None or score < best[0]:
+            placement = Placement(host, tuple(ld.gpu.index for ld in chosen), tuple(ld.gpu.uuid for ld in chosen))
+            best = (score, placement)
+    return best[1] if best else None

@@ -1,0 +1,53 @@
+"""What happens to a job after an attempt ends: retry (with backoff, maybe scaled params) or finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from exq.queue.jobspec import Scalar
+from exq.queue.outcome import Outcome
+from exq.queue.state import Job, JobStatus
+from exq.queue.template import render_cmd
+
+
+@dataclass(frozen=True)
+class NextStep:
+    status: JobStatus
+    reason: str
+    not_before: float | None = None
+    retry_kind: Literal["oom", "failure"] | None = None
+    params: dict[str, Scalar] | None = None
+    cmd: str | None = None
+
+
+def next_step(job: Job, outcome: Outcome, reason: str, now: float) -> NextStep:
+    """Decide the job's next status from the outcome of its latest attempt and its retry policy."""
+    if outcome == Outcome.SUCCEEDED:
+        return NextStep(JobStatus.SUCCEEDED, reason)
+    if outcome == Outcome.CANCELLED:
+        return NextStep(JobStatus.CANCELLED, reason)
+    policy = job.spec.retry
+    if outcome == Outcome.OOM:
+        if job.oom_retries >= policy.oom.max:
+            return NextStep(JobStatus.FAILED, f"{reason}; gave up after {job.oom_retries} OOM retries")
+        delay = policy.oom.delay(job.oom_retries + 1)
+        params, cmd = _scaled(job)
+        return NextStep(JobStatus.QUEUED, reason, now + delay, "oom", params, cmd)
+    if job.failure_retries >= policy.failure.max:
+        suffix = f" (after {job.failure_retries} retries)" if job.failure_retries else ""
+        return NextStep(JobStatus.FAILED, reason + suffix)
+    return NextStep(JobStatus.QUEUED, reason, now + policy.failure.backoff, "failure")
+
+
+def _scaled(job: Job) -> tuple[dict[str, Scalar] | None, str | None]:
+    """Params and cmd for the next OOM retry, when the manifest asks to scale a param down."""
+    scale = job.spec.oom_scale
+    if scale is None:
+        return None, None
+    current = job.params.get(scale.param)
+    if isinstance(current, bool) or not isinstance(current, int | float):
+        return None, None
+    params = dict(job.params)
+    params[scale.param] = scale.next_value(current)
+    return params, render_cmd(job.spec.cmd_template, params, job_id=job.id, phase=job.phase)

@@ -1,0 +1,499 @@
+"""The scheduler: one asyncio loop, the single writer of the queue state.
+
+Each turn of the loop runs named steps: ingest submissions, apply control requests, finish ended
+attempts, block dependants of failures, enforce timeouts, release settled GPUs, place ready jobs,
+write the snapshot. A job's exit wakes the loop at once; nothing waits on a fixed poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from exq.errors import ExqError
+from exq.queue import control, intake
+from exq.queue.classify import classify
+from exq.queue.events import Blocked, Ended, Event, Launched, Started, Submitted
+from exq.queue.gpus import GpuSnapshot
+from exq.queue.outcome import Outcome
+from exq.queue.placement import (
+    DEFAULT_FOREIGN_THRESHOLD,
+    Placement,
+    Reservation,
+    gpu_loads,
+    place,
+)
+from exq.queue.retry import next_step
+from exq.queue.state import (
+    Attempt,
+    DaemonInfo,
+    GpuView,
+    HostView,
+    Job,
+    JobStatus,
+    QueueState,
+    Submission,
+    job_key,
+)
+from exq.queue.store import Store
+from exq.queue.workers import LaunchRequest, RunRecord, Worker
+
+log = logging.getLogger("exq.scheduler")
+LOCAL_HOST = "local"
+
+
+def _default_cpu_slots() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass
+class SchedulerConfig:
+    foreign_threshold: int = DEFAULT_FOREIGN_THRESHOLD
+    """A GPU whose memory held by non-exq processes reaches this is not used."""
+    probe_interval: float = 2.0
+    settle_timeout: float = 30.0
+    """How long a GPU waits for an ended job's processes to vanish before its memory counts as foreign."""
+    kill_grace: float = 10.0
+    intake_poll: float = 0.1
+    max_cpu_jobs: int = field(default_factory=_default_cpu_slots)
+
+
+class Scheduler:
+    """Places queued jobs on free GPUs of its workers and follows them to the end."""
+
+    def __init__(
+        self,
+        store: Store,
+        workers: Mapping[str, Worker],
+        config: SchedulerConfig | None = None,
+        mode: str = "daemon",
+    ) -> None:
+        self.store = store
+        self.workers = dict(workers)
+        self.config = config or SchedulerConfig()
+        self.mode = mode
+        self._wake: asyncio.Event | None = None
+        self._finished: list[tuple[str, int]] = []
+        self._reservations: dict[str, Reservation] = {}
+        self._snapshots: dict[str, GpuSnapshot] = {}
+        self._timed_out: set[str] = set()
+        self._avoid: dict[str, frozenset[tuple[str, int]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self._dirty = True
+        self._next_ready_at: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop placing and leave the loop; running jobs keep running. Safe from a signal handler."""
+        self._draining = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self, until: Callable[[QueueState], bool] | None = None) -> None:
+        """Run until drained, or until `until(state)` holds after a turn (the `exq run` mode)."""
+        self._wake = asyncio.Event()
+        self._set_daemon_info()
+        await self._refresh_probes(force=True)
+        await self._recover()
+        try:
+            while not self._draining:
+                await self._turn()
+                if until is not None and until(self.store.state):
+                    break
+                await self._sleep()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.store.state.daemon = None
+            self.store.touch()
+            self.store.snapshot(force=True)
+
+    async def apply_pending_requests(self) -> None:
+        """Without a running loop: recover, apply queued control requests and submissions, then stop."""
+        self._wake = asyncio.Event()
+        await self._recover(watch=False)
+        self._ingest()
+        await self._handle_control()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.snapshot(force=True)
+
+    async def _turn(self) -> None:
+        self._ingest()
+        await self._handle_control()
+        await self._handle_finished()
+        self._block_dependants()
+        self._check_timeouts()
+        await self._settle()
+        if not self.store.state.paused and not self._draining:
+            await self._place()
+        self.store.snapshot()
+
+    async def _sleep(self) -> None:
+        assert self._wake is not None
+        timeout = self.config.intake_poll
+        pending = self.store.seconds_until_snapshot()
+        if pending is not None:
+            timeout = min(timeout, pending)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, timeout))
+        self._wake.clear()
+
+    def _commit(self, events: list[Event]) -> None:
+        if events:
+            self.store.commit(events)
+            self._dirty = True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_daemon_info(self) -> None:
+        self.store.state.daemon = DaemonInfo(
+            pid=os.getpid(), hostname=socket.gethostname(), started_at=time.time(),
+            mode="run" if self.mode == "run" else "daemon",
+        )
+        self.store.touch()
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _ingest(self) -> None:
+        """Turn intake files into Submitted events, then remove the files."""
+        for path, item in intake.pending_intakes(self.store.paths):
+            if item.id not in self.store.ledger.submissions:
+                spec = item.spec
+                sub = intake_submission(item)
+                self._commit([Submitted(at=item.submitted_at, submission=sub, jobs=spec.jobs)])
+                log.info("submission %s (%s): %d jobs", sub.id, sub.name, len(spec.jobs))
+            path.unlink(missing_ok=True)
+
+    async def _handle_control(self) -> None:
+        for path, req in intake.pending_requests(self.store.paths):
+            try:
+                plan = control.plan(self.store.ledger, req, time.time())
+            except ExqError as exc:
+                intake.reply(path, intake.ControlReply(ok=False, message=str(exc)))
+                continue
+            self._commit(plan.events)
+            for key in plan.kill:
+                self._kill(key)
+            intake.reply(path, intake.ControlReply(ok=True, message=plan.message, affected=plan.affected))
+
+    async def _handle_finished(self) -> None:
+        finished, self._finished = self._finished, []
+        for key, number in finished:
+            job = self.store.ledger.jobs.get(key)
+            if job is None or job.status != JobStatus.RUNNING or len(job.attempts) != number:
+                continue
+            await self._finish_attempt(job)
+
+    async def _finish_attempt(self, job: Job) -> None:
+        attempt = job.attempts[-1]
+        worker = self.workers[attempt.host]
+        report = await worker.report(attempt.dir, job.spec.workdir, _result_file(attempt), job.spec.outputs)
+        record = report.record
+        timed_out = job.key in self._timed_out or _ran_past_timeout(job, record)
+        outcome, reason = classify(report, timed_out=timed_out, cancelled=job.cancel_requested)
+        now = time.time()
+        step = next_step(job, outcome, reason, now)
+        self._commit([Ended(
+            at=now, key=job.key, number=attempt.number, ended_at=record.ended_at or now,
+            exit_code=record.exit_code, signal=record.signal, outcome=outcome, reason=reason,
+            job_reason=step.reason, result=report.result, status=step.status, not_before=step.not_before,
+            retry_kind=step.retry_kind, params=step.params, cmd=step.cmd,
+        )])
+        log.info("%s attempt %d: %s -> %s", job.key, attempt.number, reason, step.status)
+        self._timed_out.discard(job.key)
+        if outcome == Outcome.OOM:
+            self._avoid[job.key] = frozenset((attempt.host, g) for g in attempt.gpus)
+        reservation = self._reservations.get(job.key)
+        if reservation is not None:
+            reservation.settling_since = now
+            reservation.pgid = reservation.pgid or record.pgid
+
+    def _block_dependants(self) -> None:
+        """Queued jobs whose dependency failed, was cancelled or is blocked become blocked."""
+        if not self._dirty:
+            return
+        jobs = self.store.ledger.jobs
+        blocked: dict[str, str] = {}
+        changed = True
+        while changed:
+            changed = False
+            for job in self.store.state.jobs:
+                if job.status != JobStatus.QUEUED or job.key in blocked:
+                    continue
+                for dep in job.deps:
+                    dep_key = job_key(job.submission, dep)
+                    upstream = jobs.get(dep_key)
+                    bad = upstream is not None and upstream.status in _BLOCKING
+                    if bad or dep_key in blocked:
+                        state = "blocked" if dep_key in blocked else upstream.status if upstream else "?"
+                        blocked[job.key] = f"dependency {dep} {state}"
+                        changed = True
+                        break
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in blocked.items():
+            by_reason.setdefault(reason, []).append(key)
+        self._commit([Blocked(at=time.time(), keys=keys, reason=r) for r, keys in by_reason.items()])
+
+    def _check_timeouts(self) -> None:
+        now = time.time()
+        for key, reservation in list(self._reservations.items()):
+            job = self.store.ledger.jobs[key]
+            timeout = job.spec.resources.timeout
+            attempt = job.current_attempt
+            if reservation.settling_since is not None or timeout is None or attempt is None:
+                continue
+            if attempt.started_at and now >= attempt.started_at + timeout and key not in self._timed_out:
+                log.info("%s: timeout after %.0fs, killing", key, timeout)
+                self._timed_out.add(key)
+                self._kill(key)
+
+    async def _settle(self) -> None:
+        """Release the GPUs of ended attempts once their processes are gone from the GPU."""
+        settling = [r for r in self._reservations.values() if r.settling_since is not None]
+        if not settling:
+            return
+        now = time.time()
+        gone: list[Reservation] = []
+        for res in settling:
+            worker = self.workers[res.host]
+            if not res.gpus or res.pgid is None or not await worker.group_alive(res.pgid):
+                gone.append(res)
+            elif now - res.settling_since > self.config.settle_timeout:  # type: ignore[operator]
+                log.warning("%s: processes still alive after %.0fs; GPU memory now counts as foreign",
+                            res.key, self.config.settle_timeout)
+                self._release(res)
+        if any(res.gpus for res in gone):
+            await self._refresh_probes(force=True, hosts={r.host for r in gone if r.gpus})
+        for res in gone:
+            snap = self._snapshots.get(res.host)
+            on_gpu = snap is not None and any(
+                p.pgid == res.pgid for gpu in snap.gpus if gpu.index in res.gpus for p in gpu.processes
+            )
+            if not on_gpu or now - res.settling_since > self.config.settle_timeout:  # type: ignore[operator]
+                self._release(res)
+
+    def _release(self, res: Reservation) -> None:
+        self._reservations.pop(res.key, None)
+        self._dirty = True
+
+    async def _place(self) -> None:
+        """Launch every ready job that fits, highest priority first, then submission order."""
+        now = time.time()
+        if not self._dirty and (self._next_ready_at is None or now < self._next_ready_at):
+            return
+        self._dirty = False
+        ready = self._ready_jobs(now)
+        if not ready:
+            return
+        await self._refresh_probes()
+        launches: list[tuple[Job, Placement]] = []
+        cpu_jobs = sum(1 for r in self._reservations.values() if not r.gpus)
+        for job in ready:
+            res = job.spec.resources
+            if res.gpus == 0:
+                if cpu_jobs >= self.config.max_cpu_jobs:
+                    continue
+                cpu_jobs += 1
+                placement: Placement | None = Placement(LOCAL_HOST, (), ())
+            else:
+                loads = gpu_loads(self._snapshots, self._reservations.values())
+                placement = place(res, loads, foreign_threshold=self.config.foreign_threshold,
+                                  avoid=self._avoid.get(job.key, frozenset()))
+            if placement is None:
+                continue
+            self._reservations[job.key] = Reservation(
+                job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
+            launches.append((job, placement))
+        if launches:
+            self._commit([Launched(at=now, key=job.key, attempt=self._new_attempt(job, p, now))
+                          for job, p in launches])
+            await asyncio.gather(*(self._start(job) for job, _ in launches))
+
+    def _ready_jobs(self, now: float) -> list[Job]:
+        jobs = self.store.ledger.jobs
+        ready = []
+        self._next_ready_at = None
+        for job in self.store.state.jobs:
+            if job.status != JobStatus.QUEUED:
+                continue
+            if any(jobs[job_key(job.submission, d)].status != JobStatus.SUCCEEDED for d in job.deps):
+                continue
+            if job.not_before is not None and job.not_before > now:
+                if self._next_ready_at is None or job.not_before < self._next_ready_at:
+                    self._next_ready_at = job.not_before
+                continue
+            ready.append(job)
+        ready.sort(key=lambda j: (-j.priority, j.order))
+        return ready
+
+    def _new_attempt(self, job: Job, placement: Placement, now: float) -> Attempt:
+        number = len(job.attempts) + 1
+        attempt_dir = self.store.paths.attempt_dir(job.submission, job.id, number)
+        return Attempt(
+            number=number, host=placement.host, gpus=list(placement.gpus), gpu_uuids=list(placement.uuids),
+            params=dict(job.params), cmd=job.cmd, dir=str(attempt_dir), log=str(attempt_dir / "log"),
+            launched_at=now,
+        )
+
+    async def _start(self, job: Job) -> None:
+        attempt = job.attempts[-1]
+        worker = self.workers[attempt.host]
+        request = LaunchRequest(
+            attempt_dir=attempt.dir, cmd=attempt.cmd, workdir=job.spec.workdir,
+            env=self._job_env(job, attempt), setup=job.spec.setup,
+        )
+        try:
+            record = await worker.launch(request)
+        except ExqError as exc:
+            log.error("%s: launch failed: %s", job.key, exc)
+            self._reservations.pop(job.key, None)
+            step = next_step(job, Outcome.FAILED, f"launch failed: {exc}", time.time())
+            self._commit([Ended(
+                at=time.time(), key=job.key, number=attempt.number, ended_at=time.time(), exit_code=None,
+                signal=None, outcome=Outcome.FAILED, reason=f"launch failed: {exc}", status=step.status,
+                not_before=step.not_before, retry_kind=step.retry_kind,
+            )])
+            return
+        self._attach(job, record)
+
+    def _attach(self, job: Job, record: RunRecord) -> None:
+        """Record the runner's pid and follow the attempt until it ends."""
+        attempt = job.attempts[-1]
+        if attempt.pid != record.pgid or attempt.started_at != record.started_at:
+            self._commit([Started(at=time.time(), key=job.key, number=attempt.number,
+                                  pid=record.pgid, started_at=record.started_at)])
+        reservation = self._reservations.get(job.key)
+        if reservation is not None:
+            reservation.pgid = record.pgid
+        self._spawn(self._watch(job.key, attempt.number, self.workers[attempt.host], attempt.dir))
+
+    async def _watch(self, key: str, number: int, worker: Worker, attempt_dir: str) -> None:
+        try:
+            await worker.wait(attempt_dir)
+        except ExqError as exc:
+            log.error("%s: lost track of attempt %d: %s", key, number, exc)
+        self._finished.append((key, number))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _kill(self, key: str) -> None:
+        attempt = self.store.ledger.jobs[key].current_attempt
+        if attempt is not None:
+            self._spawn(self.workers[attempt.host].kill(attempt.dir, self.config.kill_grace))
+
+    def _job_env(self, job: Job, attempt: Attempt) -> dict[str, str]:
+        env = dict(job.spec.env)
+        env.update(
+            CUDA_DEVICE_ORDER="PCI_BUS_ID",
+            CUDA_VISIBLE_DEVICES=",".join(str(g) for g in attempt.gpus),
+            EXQ_JOB_ID=job.id,
+            EXQ_SUBMISSION=job.submission,
+            EXQ_PHASE=job.phase,
+            EXQ_ATTEMPT=str(attempt.number),
+            EXQ_RESULT_FILE=_result_file(attempt),
+        )
+        if job.spec.resources.gpu_memory is not None:
+            env["EXQ_GPU_MEMORY"] = str(job.spec.resources.gpu_memory)
+        return env
+
+    # -- probes and recovery ---------------------------------------------------------------
+
+    async def _refresh_probes(self, force: bool = False, hosts: set[str] | None = None) -> None:
+        now = time.time()
+        names = [
+            name for name in (hosts or self.workers)
+            if force or now - self._snapshots.get(name, _EMPTY).taken_at >= self.config.probe_interval
+        ]
+        if not names:
+            return
+        snaps = await asyncio.gather(*(self.workers[n].probe() for n in names))
+        self._snapshots.update(zip(names, snaps, strict=True))
+        self._update_views()
+        self._dirty = True
+
+    def _update_views(self) -> None:
+        state = self.store.state
+        state.hosts = [HostView(name=n, backend=s.backend, message=s.message, probed_at=s.taken_at)
+                       for n, s in self._snapshots.items()]
+        state.gpus = [
+            GpuView(host=ld.host, index=ld.gpu.index, uuid=ld.gpu.uuid, name=ld.gpu.name,
+                    memory_total=ld.gpu.memory_total, memory_used=ld.gpu.memory_used,
+                    foreign_memory=ld.foreign, reserved_memory=ld.reserved,
+                    jobs=[r.key for r in ld.reservations], simulated=self._snapshots[ld.host].simulated)
+            for ld in gpu_loads(self._snapshots, self._reservations.values())
+        ]
+        self.store.touch()
+
+    async def _recover(self, watch: bool = True) -> None:
+        """After a restart: re-attach running attempts, classify those that ended, relaunch none."""
+        for job in [j for j in self.store.state.jobs if j.status == JobStatus.RUNNING]:
+            attempt = job.attempts[-1]
+            worker = self.workers.get(attempt.host)
+            if worker is None:
+                log.error("%s: host %s is not configured; leaving it running", job.key, attempt.host)
+                continue
+            res = job.spec.resources
+            self._reservations[job.key] = Reservation(
+                job.key, attempt.host, tuple(attempt.gpus), res.gpu_memory, res.share, attempt.pid)
+            record = await self._await_claim(worker, attempt.dir)
+            if record.tombstoned:
+                self._reservations.pop(job.key)
+                self._commit([Ended(
+                    at=time.time(), key=job.key, number=attempt.number, ended_at=time.time(),
+                    exit_code=None, signal=None, outcome=Outcome.LOST,
+                    reason="never started: exq stopped while launching it", status=JobStatus.QUEUED,
+                )])
+                continue
+            if job.cancel_requested:
+                self._kill(job.key)
+            if watch or record.ended or not record.alive:
+                self._attach(job, record)
+            log.info("%s attempt %d: %s", job.key, attempt.number,
+                     "re-attached" if record.alive else "ended while exq was down")
+
+    async def _await_claim(self, worker: Worker, attempt_dir: str, wait: float = 5.0) -> RunRecord:
+        """The attempt's record once the runner wrote its pid; a tombstone if it never claimed it."""
+        record = await worker.read(attempt_dir)
+        if not record.claimed and await worker.tombstone(attempt_dir):
+            return await worker.read(attempt_dir)
+        deadline = time.monotonic() + wait
+        while record.runner_pid is None and not record.ended and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            record = await worker.read(attempt_dir)
+        return record
+
+
+_BLOCKING = (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.BLOCKED)
+_EMPTY = GpuSnapshot(backend="none", gpus=(), taken_at=0.0)
+
+
+def intake_submission(item: intake.Intake) -> Submission:
+    spec = item.spec
+    return Submission(id=item.id, name=spec.name, source=spec.source, submitted_at=item.submitted_at,
+                      phases=list(spec.phases), jobs=len(spec.jobs))
+
+
+def _result_file(attempt: Attempt) -> str:
+    return os.path.join(attempt.dir, "result.json")
+
+
+def _ran_past_timeout(job: Job, record: RunRecord) -> bool:
+    """A signal death after the timeout had passed: the kill was ours (also across a daemon restart)."""
+    timeout = job.spec.resources.timeout
+    if timeout is None or record.signal is None or not record.started_at or not record.ended_at:
+        return False
+    return record.ended_at - record.started_at >= timeout - 0.5
+

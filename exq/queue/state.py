@@ -1,0 +1,149 @@
+"""The queue's state: the documented model of `queue_state.json` (exported by `exq schema`).
+
+Plain data only; no live handles (processes, connections). Events in `events.py` change it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from exq.queue.jobspec import JobSpec, Scalar
+from exq.queue.outcome import Outcome
+
+STATE_VERSION = 1
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    """Waiting for its dependencies, a free GPU, or the end of a retry backoff."""
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    """A job it depends on failed or was cancelled; it will not run unless retried."""
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.CANCELLED)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class Attempt(_Model):
+    """One launch of a job."""
+
+    number: int = Field(description="1 for the first attempt.")
+    host: str
+    gpus: list[int] = Field(description="GPU indices on the host (CUDA_VISIBLE_DEVICES, PCI bus order).")
+    gpu_uuids: list[str] = Field(default_factory=list)
+    params: dict[str, Scalar] = Field(description="Params of this attempt (after any on_oom scaling).")
+    cmd: str
+    dir: str = Field(description="Attempt directory on the host: log, pid and exit files.")
+    log: str
+    launched_at: float
+    started_at: float | None = None
+    pid: int | None = Field(None, description="Process group id of the job on its host.")
+    ended_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    outcome: Outcome | None = None
+    reason: str | None = Field(None, description="Why it ended as it did, e.g. 'CUDA out of memory'.")
+
+
+class Job(_Model):
+    """One job: its spec, where it stands, and every attempt so far."""
+
+    id: str
+    submission: str
+    phase: str
+    status: JobStatus = JobStatus.QUEUED
+    params: dict[str, Scalar] = Field(description="Params of the current or next attempt.")
+    cmd: str = Field(description="Command of the current or next attempt.")
+    priority: int = 0
+    order: int = Field(description="Global submission order; ties in priority run in this order.")
+    deps: list[str] = Field(default_factory=list)
+    host: str | None = None
+    gpus: list[int] = Field(default_factory=list)
+    attempts: list[Attempt] = Field(default_factory=list)
+    oom_retries: int = 0
+    failure_retries: int = 0
+    not_before: float | None = Field(None, description="Retry backoff: not placed before this time.")
+    cancel_requested: bool = Field(False, description="Cancel asked while running; the attempt is being killed.")
+    reason: str | None = Field(None, description="Why the job failed, is blocked, or is waiting.")
+    log: str | None = Field(None, description="Log file of the latest attempt.")
+    result: dict[str, Any] | None = Field(None, description="JSON the job wrote to EXQ_RESULT_FILE.")
+    submitted_at: float
+    finished_at: float | None = None
+    spec: JobSpec
+
+    @property
+    def key(self) -> str:
+        """Unique key: job ids are unique within a submission."""
+        return job_key(self.submission, self.id)
+
+    @property
+    def current_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+def job_key(submission: str, job_id: str) -> str:
+    return f"{submission}/{job_id}"
+
+
+class Submission(_Model):
+    id: str
+    name: str
+    source: str
+    submitted_at: float
+    phases: list[str]
+    jobs: int
+
+
+class GpuView(_Model):
+    """A GPU as the last probe saw it."""
+
+    host: str
+    index: int
+    uuid: str
+    name: str
+    memory_total: int
+    memory_used: int
+    foreign_memory: int = Field(description="Memory held by processes exq did not launch.")
+    reserved_memory: int = Field(description="Memory reserved by exq jobs placed here.")
+    jobs: list[str] = Field(default_factory=list)
+    simulated: bool
+
+
+class HostView(_Model):
+    name: str
+    backend: str = Field(description="'nvml', 'nvidia-smi', 'simulated' or 'none'.")
+    message: str | None = None
+    probed_at: float | None = None
+
+
+class DaemonInfo(_Model):
+    pid: int
+    hostname: str
+    started_at: float
+    mode: Literal["daemon", "run"]
+    draining: bool = False
+
+
+class QueueState(_Model):
+    """The whole queue, as written to queue_state.json."""
+
+    version: int = STATE_VERSION
+    seq: int = Field(0, description="Number of the last journal event included.")
+    updated_at: float = 0.0
+    paused: bool = False
+    daemon: DaemonInfo | None = None
+    hosts: list[HostView] = Field(default_factory=list)
+    gpus: list[GpuView] = Field(default_factory=list)
+    submissions: list[Submission] = Field(default_factory=list)
+    jobs: list[Job] = Field(default_factory=list)

@@ -1,0 +1,245 @@
+"""Crash-safe persistence of the queue in one state directory.
+
+Layout (dirs 0700, files 0600):
+  queue_state.json   the whole state, replaced atomically at a bounded rate (what people and agents read)
+  journal.jsonl      every event since that snapshot, appended and fsynced before it takes effect
+  daemon.lock        held by the one process that writes (daemon or `exq run`)
+  intake/            submissions waiting to be ingested (`exq submit` writes one file each)
+  control/           requests (cancel, retry, pause, resume) waiting for the writer
+  jobs/              attempt directories: jobs/<submission>/<job>/<attempt>/{log,pid,exit,result.json}
+
+Recovery = load the snapshot, then replay journal events with a higher seq. A torn last journal
+line (crash mid-append) is dropped; it was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from pydantic import ValidationError
+
+from exq.errors import DaemonRunningError, StateError
+from exq.queue.events import EVENT_ADAPTER, Event
+from exq.queue.fsio import PRIVATE_FILE, atomic_write, fsync_dir, private_dir
+from exq.queue.ledger import Ledger
+from exq.queue.state import STATE_VERSION, QueueState
+
+SNAPSHOT = "queue_state.json"
+JOURNAL = "journal.jsonl"
+LOCK = "daemon.lock"
+COMPACT_JOURNAL_BYTES = 32 * 1024 * 1024
+
+
+def default_state_dir() -> Path:
+    """`$EXQ_STATE_DIR`, else `$XDG_STATE_HOME/exq`, else `~/.local/state/exq`."""
+    if env := os.environ.get("EXQ_STATE_DIR"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "exq"
+
+
+class StatePaths:
+    """Where each file of a state directory lives."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().absolute()
+        self.snapshot = self.root / SNAPSHOT
+        self.journal = self.root / JOURNAL
+        self.lock = self.root / LOCK
+        self.intake = self.root / "intake"
+        self.control = self.root / "control"
+        self.jobs = self.root / "jobs"
+
+    def create(self) -> StatePaths:
+        for path in (self.root, self.intake, self.control, self.jobs):
+            private_dir(path)
+        return self
+
+    def daemon_lock(self) -> FileLock:
+        return FileLock(str(self.lock), mode=PRIVATE_FILE)
+
+    def attempt_dir(self, submission: str, job_id: str, number: int) -> Path:
+        return self.jobs / submission / job_id / str(number)
+
+
+def read_state(paths: StatePaths) -> QueueState:
+    """The current state for a reader: the snapshot plus any newer journal events. Takes no lock."""
+    ledger = Ledger(_load_snapshot(paths.snapshot))
+    for event in _read_journal(paths.journal, after=ledger.state.seq, strict=False):
+        ledger.apply(event)
+    return ledger.state
+
+
+def daemon_running(paths: StatePaths) -> bool:
+    """Whether some process holds the writer lock of this state directory."""
+    if not paths.lock.exists():
+        return False
+    lock = paths.daemon_lock()
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+class Store:
+    """The single writer's handle: apply events durably, write snapshots at a bounded rate."""
+
+    def __init__(self, paths: StatePaths, min_snapshot_interval: float = 0.25) -> None:
+        self.paths = paths.create()
+        self._lock = paths.daemon_lock()
+        self._min_interval = min_snapshot_interval
+        self._interval = min_snapshot_interval
+        self._last_snapshot = 0.0
+        self._dirty = False
+        self.ledger = Ledger()
+        self._journal: int | None = None
+
+    def open(self) -> Store:
+        """Take the writer lock and recover the state (snapshot + journal replay)."""
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise DaemonRunningError(
+                f"another exq daemon (or `exq run`) is using {self.paths.root}; stop it first"
+            ) from None
+        try:
+            self.ledger = Ledger(_load_snapshot(self.paths.snapshot))
+            valid_bytes = 0
+            for event, end in _scan_journal(self.paths.journal, strict=True):
+                valid_bytes = end
+                if event.seq > self.ledger.state.seq:
+                    self.ledger.apply(event)
+            self._open_journal(truncate_at=valid_bytes)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Write a final snapshot and release the lock."""
+        if self._journal is not None:
+            self.snapshot(force=True)
+            os.close(self._journal)
+            self._journal = None
+        if self._lock.is_locked:
+            self._lock.release()
+
+    @property
+    def state(self) -> QueueState:
+        return self.ledger.state
+
+    def commit(self, events: Iterable[Event]) -> list[Event]:
+        """Append events to the journal with one fsync, then apply them. Returns them with their seq."""
+        if self._journal is None:
+            raise StateError("store is not open")
+        seq = self.ledger.state.seq
+        numbered: list[Event] = []
+        for event in events:
+            seq += 1
+            numbered.append(event.model_copy(update={"seq": seq}))
+        if not numbered:
+            return []
+        payload = b"".join(ev.model_dump_json().encode() + b"\n" for ev in numbered)
+        os.write(self._journal, payload)
+        os.fsync(self._journal)
+        for event in numbered:
+            self.ledger.apply(event)
+        self._dirty = True
+        return numbered
+
+    def snapshot(self, force: bool = False) -> bool:
+        """Write queue_state.json if it changed and the rate bound allows (always when forced)."""
+        now = time.monotonic()
+        if not force and (not self._dirty or now - self._last_snapshot < self._interval):
+            return False
+        started = time.monotonic()
+        self.ledger.state.updated_at = time.time()
+        atomic_write(self.paths.snapshot, self.ledger.state.model_dump_json().encode())
+        took = time.monotonic() - started
+        # Keep snapshot writing under ~20% of the time however large the queue grows.
+        self._interval = max(self._min_interval, took * 5)
+        self._last_snapshot, self._dirty = time.monotonic(), False
+        if self._journal is not None and os.fstat(self._journal).st_size > COMPACT_JOURNAL_BYTES:
+            self._compact_journal()
+        return True
+
+    def touch(self) -> None:
+        """Mark advisory, non-journaled fields (GPU views, daemon info) as changed."""
+        self._dirty = True
+
+    def seconds_until_snapshot(self) -> float | None:
+        if not self._dirty:
+            return None
+        return max(0.0, self._interval - (time.monotonic() - self._last_snapshot))
+
+    def _open_journal(self, truncate_at: int) -> None:
+        fd = os.open(self.paths.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+        if os.fstat(fd).st_size != truncate_at:
+            os.ftruncate(fd, truncate_at)  # drop a torn last line
+            os.fsync(fd)
+        self._journal = fd
+
+    def _compact_journal(self) -> None:
+        """The snapshot just written covers every event: start an empty journal."""
+        assert self._journal is not None
+        tmp = self.paths.root / f".{JOURNAL}.new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, self.paths.journal)
+        fsync_dir(self.paths.root)
+        os.close(self._journal)
+        self._open_journal(truncate_at=0)
+
+
+def _load_snapshot(path: Path) -> QueueState:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return QueueState()
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise StateError(f"{path}: not valid JSON ({exc})") from None
+    version = raw.get("version") if isinstance(raw, dict) else None
+    if version != STATE_VERSION:
+        raise StateError(f"{path}: state version {version!r}, this exq reads version {STATE_VERSION}")
+    try:
+        return QueueState.model_validate(raw)
+    except ValidationError as exc:
+        raise StateError(f"{path}: does not match the state schema: {exc}") from None
+
+
+def _scan_journal(path: Path, strict: bool) -> Iterable[tuple[Event, int]]:
+    """Yield (event, byte offset after it). A torn or unparsable last line ends the scan."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    offset = 0
+    while offset < len(data):
+        newline = data.find(b"\n", offset)
+        if newline < 0:
+            return  # torn final line
+        line = data[offset:newline]
+        try:
+            event = EVENT_ADAPTER.validate_json(line)
+        except ValidationError as exc:
+            if newline + 1 >= len(data) or not strict:
+                return
+            raise StateError(f"{path}: corrupt event at byte {offset}: {exc}") from None
+        offset = newline + 1
+        yield event, offset
+
+
+def _read_journal(path: Path, after: int, strict: bool) -> Iterable[Event]:
+    for event, _ in _scan_journal(path, strict):
+        if event.seq > after:
+            yield event

@@ -1,0 +1,111 @@
+"""The transport-neutral worker interface.
+
+A worker owns one host. Every attempt lives in an attempt directory on that host, where a small
+POSIX sh runner records what happened (claim, pid, exit status), so an attempt outlives the daemon
+and can be re-attached or classified later from those files alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from exq.queue.gpus import GpuSnapshot
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything a worker needs to start one attempt."""
+
+    attempt_dir: str
+    """Directory for this attempt on the worker's host; the worker creates it (mode 0700)."""
+    cmd: str
+    """The shell command, with parameter values already quoted."""
+    workdir: str
+    env: dict[str, str]
+    """Variables added to the job's environment (CUDA_VISIBLE_DEVICES, EXQ_JOB_ID, ... and the manifest's)."""
+    setup: str | None = None
+    """Shell prefix run in the same shell before cmd (e.g. 'source .venv/bin/activate')."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the runner has recorded in an attempt directory so far."""
+
+    claimed: bool = False
+    """True once the runner (or a tombstone) claimed the attempt; an unclaimed attempt never ran."""
+    tombstoned: bool = False
+    """True when the claim is a tombstone: the attempt was cancelled before the runner started it."""
+    runner_pid: int | None = None
+    pgid: int | None = None
+    """Process group of the job; every process of the job is signalled through it."""
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    """Exit status as the shell reports it (128+N when killed by signal N)."""
+    alive: bool = False
+    """The runner is still running (re-attachable)."""
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+    @property
+    def signal(self) -> int | None:
+        if self.exit_code is not None and self.exit_code > 128:
+            return self.exit_code - 128
+        return None
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """Everything needed to classify an ended attempt, gathered on the attempt's host."""
+
+    record: RunRecord
+    log_tail: str
+    """The last few KiB of the job's combined stdout/stderr."""
+    result: dict[str, Any] | None
+    """Contents of EXQ_RESULT_FILE when the job wrote valid JSON there."""
+    result_error: str | None = None
+    missing_outputs: list[str] = field(default_factory=list)
+    """Output globs that matched nothing."""
+
+
+class Worker(Protocol):
+    """One host's executor. Implementations: LocalWorker (SSH later). Knows nothing of the scheduler."""
+
+    name: str
+
+    async def probe(self) -> GpuSnapshot:
+        """The host's GPUs now, with each GPU process's pgid where it can be read."""
+        ...
+
+    async def launch(self, request: LaunchRequest) -> RunRecord:
+        """Start the attempt detached (its own session), returning once the runner recorded its pid."""
+        ...
+
+    async def wait(self, attempt_dir: str) -> RunRecord:
+        """Return when the attempt has ended (launched here or re-attached after a restart)."""
+        ...
+
+    async def read(self, attempt_dir: str) -> RunRecord:
+        """What the attempt directory records now, and whether the runner is alive."""
+        ...
+
+    async def kill(self, attempt_dir: str, grace: float = 10.0) -> None:
+        """SIGTERM the job's process group, SIGKILL whatever is left after `grace` seconds."""
+        ...
+
+    async def tombstone(self, attempt_dir: str) -> bool:
+        """Claim an attempt the runner has not claimed, so it can never start. True if the claim was ours."""
+        ...
+
+    async def group_alive(self, pgid: int) -> bool:
+        """Whether any process of process group `pgid` still exists on the host."""
+        ...
+
+    async def report(self, attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> AttemptReport:
+        """Gather the record, log tail, result JSON and missing outputs of an ended attempt."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,333 @@
+"""The local worker: attempts on this machine, each run by runner.sh in its own session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from exq.errors import WorkerError
+from exq.queue.gpus import GpuProbe, GpuSnapshot
+from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
+
+RUNNER_PATH = Path(__file__).with_name("runner.sh")
+START_TIMEOUT = 10.0
+"""Seconds launch waits for the runner to record its pid."""
+POLL_INTERVAL = 0.2
+"""Seconds between checks of an attempt whose runner is not our child."""
+LOG_TAIL_BYTES = 8192
+CREATE_TIME_SLACK = 2.0
+"""A process created this long after the recorded start is not our runner (its pid was reused)."""
+TOMBSTONE = "tombstone"
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _numbers(text: str | None, count: int) -> list[str] | None:
+    fields = (text or "").split()
+    return fields if len(fields) >= count else None
+
+
+def _runner_alive(pid: int, reference: float | None) -> bool:
+    """Whether `pid` is still the runner: running, not a zombie, created before `reference` (+slack)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return reference is None or proc.create_time() <= reference + CREATE_TIME_SLACK
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def read_record(attempt_dir: str | Path) -> RunRecord:
+    """Parse claim, pid and exit files of an attempt directory and check the runner's liveness."""
+    d = Path(attempt_dir)
+    claim = _read_text(d / "claim")
+    if claim is None:
+        return RunRecord()
+    if claim.strip() == TOMBSTONE:
+        return RunRecord(claimed=True, tombstoned=True)
+    runner_pid = pgid = exit_code = None
+    started_at = ended_at = reference = None
+    try:
+        if (pid_fields := _numbers(_read_text(d / "pid"), 3)) is not None:
+            runner_pid, pgid, started_at = int(pid_fields[0]), int(pid_fields[1]), float(pid_fields[2])
+        elif (claim_fields := _numbers(claim, 2)) is not None and claim_fields[0] == "runner":
+            runner_pid = int(claim_fields[1])
+            reference = (d / "claim").stat().st_mtime
+        if (exit_fields := _numbers(_read_text(d / "exit"), 2)) is not None:
+            exit_code, ended_at = int(exit_fields[0]), float(exit_fields[1])
+    except (ValueError, OSError):
+        pass
+    alive = runner_pid is not None and _runner_alive(runner_pid, started_at or reference)
+    return RunRecord(
+        claimed=True,
+        runner_pid=runner_pid,
+        pgid=pgid,
+        started_at=started_at,
+        ended_at=ended_at,
+        exit_code=exit_code,
+        alive=alive,
+    )
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` has a process that is not a zombie."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _make_dirs(path: Path) -> None:
+    """Create `path` and its missing parents with mode 0700."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)
+
+
+def _log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot read result file {path}: {exc}"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return None, f"invalid JSON in result file {path}: {exc}"
+    if not isinstance(data, dict):
+        return None, f"result file {path} does not hold a JSON object"
+    return data, None
+
+
+_DETACHED: list[subprocess.Popen[bytes]] = []
+"""Runners still running when their worker closed: kept (and reaped when found ended) so that no
+Popen is collected while its process runs."""
+
+
+@dataclass
+class _Child:
+    """A runner started by this worker, reaped as soon as it exits."""
+
+    proc: subprocess.Popen[bytes]
+    loop: asyncio.AbstractEventLoop
+    exited: asyncio.Future[None]
+    pidfd: int | None = None
+
+    def stop_watching(self) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def reap(self) -> None:
+        self.stop_watching()
+        self.proc.poll()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class LocalWorker:
+    """The Worker for this machine."""
+
+    def __init__(
+        self,
+        name: str = "local",
+        probe: GpuProbe | None = None,
+        runner_path: str | Path = RUNNER_PATH,
+        *,
+        cleanup_grace: float = 10.0,
+    ) -> None:
+        if probe is None:
+            from exq.queue.gpus.select import select_probe
+
+            probe = select_probe()
+        self.name = name
+        self._probe = probe
+        self.runner_path = os.path.abspath(runner_path)
+        self.cleanup_grace = cleanup_grace
+        """Seconds the runner waits between SIGTERM and SIGKILL for leftovers of an ended job."""
+        self._children: dict[str, _Child] = {}
+
+    async def probe(self) -> GpuSnapshot:
+        return await asyncio.to_thread(self._probe.snapshot)
+
+    async def launch(self, request: LaunchRequest) -> RunRecord:
+        d = Path(os.path.abspath(request.attempt_dir))
+        _make_dirs(d)
+        env = {**os.environ, **request.env}
+        env.update(
+            EXQ_RUNNER_CMD=request.cmd,
+            EXQ_RUNNER_WORKDIR=os.path.abspath(request.workdir),
+            EXQ_RUNNER_GRACE=f"{self.cleanup_grace:.1f}",
+        )
+        env.pop("EXQ_RUNNER_SETUP", None)
+        if request.setup:
+            env["EXQ_RUNNER_SETUP"] = request.setup
+        child = self._spawn(d, env)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while not (d / "pid").exists():
+            if child.exited.done():
+                record = read_record(d)
+                if (d / "pid").exists() or record.tombstoned:
+                    return read_record(d)
+                raise WorkerError(f"runner for {d} exited before starting the job")
+            if loop.time() > deadline:
+                _signal_group(child.proc.pid, signal.SIGKILL)
+                raise WorkerError(f"runner for {d} did not start the job within {START_TIMEOUT:g}s")
+            await asyncio.sleep(0.01)
+        return read_record(d)
+
+    async def wait(self, attempt_dir: str) -> RunRecord:
+        """Return once the runner has finished (exit recorded, leftovers cleaned up) or vanished."""
+        d = os.path.abspath(attempt_dir)
+        child = self._children.get(d)
+        if child is not None and child.loop is asyncio.get_running_loop():
+            await asyncio.shield(child.exited)
+            return read_record(d)
+        while True:
+            record = read_record(d)
+            if not record.alive:
+                return record
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def read(self, attempt_dir: str) -> RunRecord:
+        return read_record(attempt_dir)
+
+    async def kill(self, attempt_dir: str, grace: float = 10.0) -> None:
+        record = read_record(attempt_dir)
+        pgid = record.pgid
+        if pgid is None or (record.ended and not record.alive):
+            return
+        _signal_group(pgid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while group_alive(pgid):
+            if loop.time() >= deadline:
+                _signal_group(pgid, signal.SIGKILL)
+                return
+            await asyncio.sleep(0.05)
+
+    async def tombstone(self, attempt_dir: str) -> bool:
+        d = Path(attempt_dir)
+        _make_dirs(d)
+        try:
+            fd = os.open(d / "claim", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(TOMBSTONE + "\n")
+        return True
+
+    async def group_alive(self, pgid: int) -> bool:
+        return group_alive(pgid)
+
+    async def report(
+        self, attempt_dir: str, workdir: str, result_file: str, outputs: list[str]
+    ) -> AttemptReport:
+        d = Path(attempt_dir)
+        result, result_error = _read_result(Path(workdir, result_file))
+        missing = [p for p in outputs if not glob.glob(p, root_dir=workdir, recursive=True)]
+        return AttemptReport(
+            record=read_record(d),
+            log_tail=_log_tail(d / "log"),
+            result=result,
+            result_error=result_error,
+            missing_outputs=missing,
+        )
+
+    async def close(self) -> None:
+        """Stop watching runners (they keep running) and close the probe."""
+        _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]
+        for child in self._children.values():
+            child.stop_watching()
+            if child.proc.poll() is None:
+                _DETACHED.append(child.proc)
+        self._children.clear()
+        self._probe.close()
+
+    def _spawn(self, attempt_dir: Path, env: dict[str, str]) -> _Child:
+        """Start the runner in a new session with stdio on /dev/null, and watch for its exit."""
+        sh = "/bin/sh" if os.path.exists("/bin/sh") else "sh"
+        try:
+            proc = subprocess.Popen(
+                [sh, self.runner_path, str(attempt_dir)],
+                env=env,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise WorkerError(f"cannot start the runner for {attempt_dir}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        child = _Child(proc, loop, loop.create_future())
+        self._children[str(attempt_dir)] = child
+        child.exited.add_done_callback(lambda _: self._forget(str(attempt_dir), child))
+        try:
+            child.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits for the runner instead
+            threading.Thread(target=self._reap_in_thread, args=(child,), daemon=True).start()
+        else:
+            loop.add_reader(child.pidfd, child.reap)
+        return child
+
+    def _forget(self, key: str, child: _Child) -> None:
+        if self._children.get(key) is child:
+            del self._children[key]
+
+    @staticmethod
+    def _reap_in_thread(child: _Child) -> None:
+        child.proc.wait()
+        with contextlib.suppress(RuntimeError):
+            child.loop.call_soon_threadsafe(child.reap)

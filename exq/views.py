@@ -1,0 +1,120 @@
+"""How exq shows things in a terminal: rich tables for specs, status and GPUs."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from rich.console import Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from exq.api import StatusView
+from exq.queue.gpus import GpuSnapshot
+from exq.queue.jobspec import SubmissionSpec
+from exq.queue.state import Job, JobStatus
+from exq.units import format_duration, format_size
+
+STATUS_STYLE = {
+    JobStatus.QUEUED: "cyan", JobStatus.RUNNING: "bold yellow", JobStatus.SUCCEEDED: "green",
+    JobStatus.FAILED: "bold red", JobStatus.BLOCKED: "magenta", JobStatus.CANCELLED: "dim",
+}
+_ORDER = list(JobStatus)
+
+
+def spec_table(spec: SubmissionSpec) -> Table:
+    """The expanded jobs of a manifest (`exq validate`, `exq submit --dry-run`)."""
+    table = Table(title=f"{spec.name}: {len(spec.jobs)} jobs in {len(spec.phases)} phase(s)", title_justify="left")
+    for column in ("job", "phase", "gpus", "after", "cmd"):
+        table.add_column(column, overflow="fold")
+    for job in spec.jobs:
+        res = job.resources
+        gpus = str(res.gpus) + (f" x {format_size(res.gpu_memory)}" if res.gpu_memory else "")
+        deps = ", ".join(job.deps[:3]) + (f" +{len(job.deps) - 3}" if len(job.deps) > 3 else "")
+        table.add_row(job.id, job.phase, gpus, deps, job.cmd)
+    return table
+
+
+def phase_table(view: StatusView) -> Table:
+    """Counts and progress per submission and phase."""
+    table = Table(title=_title(view), title_justify="left")
+    for column in ("submission", "phase", "progress", *(s.value for s in _ORDER)):
+        table.add_column(column, justify="right" if column not in ("submission", "phase", "progress") else "left")
+    groups: dict[tuple[str, str], Counter[JobStatus]] = {}
+    for job in view.state.jobs:
+        groups.setdefault((job.submission, job.phase), Counter())[job.status] += 1
+    names = {s.id: f"{s.id} {s.name}" for s in view.state.submissions}
+    for (sub, phase), counts in groups.items():
+        total = sum(counts.values())
+        done = sum(n for status, n in counts.items() if status.finished)
+        bar = ProgressBar(total=total, completed=done, width=20)
+        cells = [str(counts[s]) if counts[s] else "" for s in _ORDER]
+        table.add_row(names.get(sub, sub), phase, bar, *cells)
+    return table
+
+
+def job_table(jobs: list[Job], limit: int | None = None) -> Table:
+    table = Table(title_justify="left")
+    for column in ("job", "phase", "status", "try", "where", "time", "reason / result"):
+        table.add_column(column, overflow="fold")
+    now = time.time()
+    for job in jobs[:limit] if limit else jobs:
+        attempt = job.current_attempt
+        where = ""
+        if attempt is not None:
+            where = attempt.host + (":" + ",".join(map(str, attempt.gpus)) if attempt.gpus else "")
+        elapsed = ""
+        if attempt is not None and attempt.started_at:
+            elapsed = format_duration((attempt.ended_at or now) - attempt.started_at)
+        detail = job.reason or ""
+        if job.result:
+            detail = " ".join(f"{k}={v}" for k, v in list(job.result.items())[:4])
+        table.add_row(job.key, job.phase, Text(job.status.value, style=STATUS_STYLE[job.status]),
+                      str(len(job.attempts)), where, elapsed, detail)
+    return table
+
+
+def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:
+    jobs = view.state.jobs if all_jobs else [
+        j for j in view.state.jobs if j.status != JobStatus.SUCCEEDED or j.finished_at is None
+        or time.time() - j.finished_at < 3600
+    ]
+    parts: list[Table | Text] = [phase_table(view)]
+    parts.extend(
+        Text(f"submission {item.id} ({item.spec.name}): {len(item.spec.jobs)} jobs waiting for a daemon to take them",
+             style="yellow")
+        for item in view.pending
+    )
+    if jobs:
+        parts.append(job_table(sorted(jobs, key=_job_sort), limit=None if all_jobs else 50))
+    if not all_jobs and len(jobs) > 50:
+        parts.append(Text(f"... {len(jobs) - 50} more jobs (exq status --all)", style="dim"))
+    return Group(*parts)
+
+
+def gpu_table(host: str, snap: GpuSnapshot) -> Table:
+    simulated = " (SIMULATED)" if snap.simulated else ""
+    table = Table(title=f"{host}: {snap.backend}{simulated}", title_justify="left", caption=snap.message)
+    for column in ("gpu", "name", "used", "total", "processes"):
+        table.add_column(column)
+    for gpu in snap.gpus:
+        procs = ", ".join(f"{p.pid} ({format_size(p.used_memory)})" for p in gpu.processes)
+        table.add_row(str(gpu.index), gpu.name, format_size(gpu.memory_used), format_size(gpu.memory_total), procs)
+    return table
+
+
+def _title(view: StatusView) -> str:
+    state = view.state
+    if view.daemon_alive and state.daemon:
+        who = f"daemon pid {state.daemon.pid} on {state.daemon.hostname}"
+    else:
+        who = "no daemon running"
+    paused = ", PAUSED" if state.paused else ""
+    sim = " [SIMULATED GPUs]" if any(g.simulated for g in state.gpus) else ""
+    return f"exq: {who}{paused}; {len(state.jobs)} jobs{sim}"
+
+
+def _job_sort(job: Job) -> tuple[int, int]:
+    rank = {JobStatus.RUNNING: 0, JobStatus.FAILED: 1, JobStatus.BLOCKED: 2, JobStatus.QUEUED: 3}
+    return rank.get(job.status, 4), job.order
