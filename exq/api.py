@@ -79,17 +79,18 @@ def control(paths: StatePaths, req: ControlRequest, timeout: float = 15.0) -> Co
 async def _apply_offline(paths: StatePaths) -> None:
     store = Store(paths).open()
     try:
-        await Scheduler(store, local_workers(), mode="run").apply_pending_requests()
+        await Scheduler(store, local_workers(paths), mode="run").apply_pending_requests()
     finally:
         store.close()
 
 
-def local_workers() -> dict[str, Worker]:
-    return {LOCAL_HOST: LocalWorker(name=LOCAL_HOST, probe=select_probe())}
+def local_workers(paths: StatePaths) -> dict[str, Worker]:
+    return {LOCAL_HOST: LocalWorker(name=LOCAL_HOST, probe=select_probe(scope=str(paths.root)))}
 
 
-def probe_gpus() -> GpuSnapshot:
-    probe = select_probe()
+def probe_gpus(paths: StatePaths) -> GpuSnapshot:
+    """What this machine's GPU probe sees now (a simulation is scoped to the state dir `paths`)."""
+    probe = select_probe(scope=str(paths.root))
     try:
         return probe.snapshot()
     finally:
@@ -113,7 +114,7 @@ async def _serve(
     mode: str,
 ) -> QueueState:
     store = Store(paths).open()
-    workers = local_workers()
+    workers = local_workers(paths)
     scheduler = Scheduler(store, workers, config, mode=mode)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 from exq import __version__, api
-from exq.errors import DaemonRunningError, ExqError, NotFoundError
+from exq.errors import DaemonRunningError, ExqError, ManifestError, NotFoundError
 from exq.queue.intake import ControlRequest
 from exq.queue.state import JobStatus, QueueState
 from exq.units import parse_size
@@ -92,7 +92,7 @@ def run(ctx: click.Context, manifest: Path) -> None:
     if api.status(paths).daemon_alive:
         raise DaemonRunningError("an exq daemon runs on this state dir; use `exq submit` instead")
     item = api.submit(paths, spec)
-    gpus = api.probe_gpus()
+    gpus = api.probe_gpus(paths)
     label = " (SIMULATED)" if gpus.simulated else ""
     err_console.print(f"exq run: submission {item.id}, {len(spec.jobs)} job(s); GPUs: {len(gpus.gpus)} "
                       f"via {gpus.backend}{label}" + (f" - {gpus.message}" if gpus.message else ""))
@@ -259,9 +259,10 @@ def schema() -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-def gpus(as_json: bool) -> None:
+@click.pass_context
+def gpus(ctx: click.Context, as_json: bool) -> None:
     """Show the GPUs the probe sees on this machine (simulated ones are labelled so)."""
-    snap = api.probe_gpus()
+    snap = api.probe_gpus(_paths(ctx))
     if as_json:
         click.echo(json.dumps({"backend": snap.backend, "simulated": snap.simulated, "message": snap.message,
                                "gpus": [vars(g) | {"processes": [vars(p) for p in g.processes]}
@@ -283,7 +284,9 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except ExqError as exc:
-        err_console.print(Text("exq: error: ", style="bold red") + Text(str(exc)), highlight=False)
+        lines = [str(p) for p in exc.problems] if isinstance(exc, ManifestError) else [str(exc)]
+        for line in lines:
+            err_console.print(Text("exq: error: ", style="bold red") + Text(line), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise

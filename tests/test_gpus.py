@@ -204,3 +204,14 @@ def test_probe_in_subprocess_env_is_not_needed() -> None:
         capture_output=True, text=True, timeout=30, check=True,
     )
     assert out.stdout.strip() == "simulated"
+
+
+def test_scoped_simulation_sees_only_its_own_machines_jobs(group: list[subprocess.Popen[bytes]]) -> None:
+    mine = SimulatedProbe("1x24GiB", scope="/state/a")
+    theirs = _spawn(group, "sleep 30", _job_env(EXQ_JOB_ID="x", CUDA_VISIBLE_DEVICES="0",
+                                                 EXQ_SIMULATED_HOST="/state/b"))
+    ours = _spawn(group, "sleep 30", _job_env(EXQ_JOB_ID="y", CUDA_VISIBLE_DEVICES="0", **mine.job_env))
+    pgids = {theirs.pid, ours.pid}
+    _wait_for(lambda: bool(_procs(mine.snapshot(), 0, pgids)))
+    assert [p.pgid for p in _procs(mine.snapshot(), 0, pgids)] == [ours.pid]
+    assert {p.pgid for p in _procs(SimulatedProbe("1x24GiB").snapshot(), 0, pgids)} == pgids

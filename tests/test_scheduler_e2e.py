@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import psutil
+from conftest import EXQ as EXQ_CMD
 from conftest import Exq, wait_until
 
 from exq.queue.workers.local import group_alive
@@ -20,6 +23,7 @@ time.sleep(0.2)
 if batch > 64:
     sys.exit("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 24.00 GiB total capacity)")
 import json
+import os
 json.dump({"loss": 0.5, "batch": batch}, open(os.environ["EXQ_RESULT_FILE"], "w"))
 """
 
@@ -268,3 +272,71 @@ def test_submit_without_daemon_is_durable_and_ingested_later(exq: Exq, tmp_path:
     assert "waiting for a daemon" in exq("status").stdout
     exq.start_daemon()
     assert {j["status"] for j in exq.wait_finished(2).values()} == {"succeeded"}
+
+
+def test_multi_gpu_job_gets_gpus_of_one_host_and_priority_goes_first(exq: Exq) -> None:
+    manifest = exq.manifest("""
+        name: prio
+        phases:
+          - {name: low, grid: {i: [1, 2]}, id: "low{i}", cmd: "sleep 0.2"}
+          - {name: wide, gpus: 2, id: wide, cmd: "echo $CUDA_VISIBLE_DEVICES > wide.txt"}
+          - {name: high, priority: 5, grid: {i: [1, 2]}, id: "high{i}", cmd: "sleep 0.2"}
+    """)
+    exq("run", str(manifest))
+    jobs = exq.jobs()
+    assert (exq.root / "wide.txt").read_text().strip() == "0,1" and jobs["wide"]["gpus"] == [0, 1]
+    start = {k: j["attempts"][0]["launched_at"] for k, j in jobs.items()}
+    assert max(start["high1"], start["high2"]) <= min(start["low1"], start["low2"])
+
+
+def test_gpu_still_held_by_an_escaped_process_is_not_reused(exq: Exq) -> None:
+    manifest = exq.manifest("""
+        name: escape
+        phases:
+          - name: leak
+            id: leak
+            cmd: setsid sleep 60 > /dev/null 2>&1 & echo $! > escaped.pid; echo $CUDA_VISIBLE_DEVICES > leak.gpu
+          - name: next
+            after: [leak]
+            grid: {i: [1, 2, 3]}
+            id: "next{i}"
+            cmd: echo $CUDA_VISIBLE_DEVICES > next{i}.gpu
+    """)
+    try:
+        exq("run", str(manifest))
+        leaked_gpu = (exq.root / "leak.gpu").read_text().strip()
+        used = {(exq.root / f"next{i}.gpu").read_text().strip() for i in (1, 2, 3)}
+        assert used == {"1" if leaked_gpu == "0" else "0"}
+        gpus = {g["index"]: g for g in exq.state()["gpus"]}
+        assert gpus[int(leaked_gpu)]["foreign_memory"] >= 2**30
+    finally:
+        escaped = exq.root / "escaped.pid"
+        if escaped.exists():
+            os.kill(int(escaped.read_text()), signal.SIGKILL)
+
+
+def test_concurrent_submits_while_the_daemon_runs(exq: Exq) -> None:
+    import subprocess
+
+    exq.start_daemon()
+    manifest = exq.manifest("""
+        name: many
+        gpus: 0
+        grid: {i: [1, 2, 3]}
+        id: "j{i}"
+        cmd: "true"
+    """)
+    argv = [*EXQ_CMD, "submit", str(manifest)]
+    script = f"import subprocess\nfor _ in range(5): subprocess.run({argv!r}, check=True)"
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=exq.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(4)]
+    assert all(p.wait(120) == 0 for p in procs)
+    def all_done() -> dict[str, object] | None:
+        state = exq.state()
+        done = len(state["jobs"]) == 60 and all(j["status"] == "succeeded" for j in state["jobs"])
+        return state if done else None
+
+    state = wait_until(all_done, 90, 0.3)
+    assert sorted(int(s["id"]) for s in state["submissions"]) == list(range(1, 21))
+    assert len({(j["submission"], j["id"]) for j in state["jobs"]}) == 60
+    assert all(len(j["attempts"]) == 1 for j in state["jobs"])

@@ -51,6 +51,8 @@ class GpuProbe(Protocol):
     """Reads the GPUs of one host. `snapshot` may block briefly; callers run it in a thread."""
 
     backend: str
+    job_env: dict[str, str]
+    """Variables that mark a process as launched on this probe's host (used by the simulation)."""
 
     def snapshot(self) -> GpuSnapshot: ...
 

@@ -37,6 +37,7 @@ class NvmlProbe:
     backend = "nvml"
 
     def __init__(self) -> None:
+        self.job_env: dict[str, str] = {}
         try:
             import pynvml
         except ImportError as exc:

@@ -18,6 +18,7 @@ class NoGpuProbe:
 
     def __init__(self, message: str) -> None:
         self.message = message
+        self.job_env: dict[str, str] = {}
 
     def snapshot(self) -> GpuSnapshot:
         return GpuSnapshot(self.backend, (), time.time(), self.message)
@@ -33,12 +34,15 @@ def no_driver_message(reason: str) -> str:
     )
 
 
-def select_probe(environ: Mapping[str, str] | None = None) -> GpuProbe:
-    """The probe for this host. A bad EXQ_SIMULATE_GPUS spec raises ExqError."""
+def select_probe(environ: Mapping[str, str] | None = None, scope: str | None = None) -> GpuProbe:
+    """The probe for this host. A bad EXQ_SIMULATE_GPUS spec raises ExqError.
+
+    `scope` names the simulated machine (exq passes its state dir); real probes ignore it.
+    """
     env = os.environ if environ is None else environ
     spec = env.get("EXQ_SIMULATE_GPUS", "").strip()
     if spec:
-        return SimulatedProbe(spec, env.get("EXQ_SIMULATE_GPUS_LOAD") or None)
+        return SimulatedProbe(spec, env.get("EXQ_SIMULATE_GPUS_LOAD") or None, scope)
     try:
         return NvmlProbe()
     except NvmlUnavailableError as exc:

@@ -22,6 +22,7 @@ from exq.units import format_size, parse_size
 
 DEFAULT_JOB_MEMORY = 1024**3
 _ITEM_RE = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?(\S+?)\s*$")
+SCOPE_VARIABLE = "EXQ_SIMULATED_HOST"
 _RUNNER_MARKER = "EXQ_RUNNER_CMD"
 """Runner processes carry the job's environment too, but hold no GPU memory: skip them."""
 
@@ -83,8 +84,12 @@ class SimulatedProbe:
 
     backend = "simulated"
 
-    def __init__(self, spec: str, load_file: str | None = None) -> None:
+    def __init__(self, spec: str, load_file: str | None = None, scope: str | None = None) -> None:
+        """`scope` names one simulated machine (exq passes its state dir): only jobs launched with
+        EXQ_SIMULATED_HOST=scope count, so simulations of separate state dirs never see each other."""
         self.spec = spec.strip()
+        self.scope = scope
+        self.job_env = {SCOPE_VARIABLE: scope} if scope else {}
         self.gpus = parse_gpu_spec(self.spec)
         self.load_file = load_file or None
         self._uid = os.getuid()
@@ -149,6 +154,8 @@ class SimulatedProbe:
                     continue
                 env = proc.environ()
                 if "EXQ_JOB_ID" not in env or "CUDA_VISIBLE_DEVICES" not in env or _RUNNER_MARKER in env:
+                    continue
+                if self.scope is not None and env.get(SCOPE_VARIABLE) != self.scope:
                     continue
                 pid = proc.pid
                 pgid = os.getpgid(pid)

@@ -203,7 +203,7 @@ class LocalWorker:
     async def launch(self, request: LaunchRequest) -> RunRecord:
         d = Path(os.path.abspath(request.attempt_dir))
         _make_dirs(d)
-        env = {**os.environ, **request.env}
+        env = {**os.environ, **self._probe.job_env, **request.env}
         env.update(
             EXQ_RUNNER_CMD=request.cmd,
             EXQ_RUNNER_WORKDIR=os.path.abspath(request.workdir),

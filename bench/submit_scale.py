@@ -1,0 +1,121 @@
+"""Submit at scale: `exq submit` of a 10,000-job grid into a queue that already holds 100,000 jobs.
+
+The 100k-job state is built directly through the Store (Submitted events of 10k jobs each, then a
+snapshot), already paused (a PausedSet event committed first), so nothing ever runs. Then, with the real
+CLI: `exq validate` of the manifest (expansion, plus printing the job table), `exq submit` (wall), and
+in-process the parts `exq submit` is made of. Then `exq daemon` starts and the time until the 10k jobs
+are ingested and visible in `exq status --json` is measured; a second `exq submit` while the daemon runs
+gives the steady-state ingest latency. The daemon is stopped with SIGTERM.
+
+    .venv/bin/python bench/submit_scale.py [--queue 100000] [--jobs 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from _common import (
+    Daemon,
+    FileWatch,
+    build_state,
+    exq_env,
+    fmt_bytes,
+    run_exq,
+    status_json,
+    temp_workspace,
+    write_manifest,
+)
+
+from exq import api
+from exq.queue import intake
+from exq.queue.manifest import load_manifest
+from exq.queue.store import StatePaths
+
+
+def _submission_id(stdout: bytes) -> str:
+    match = re.search(rb"as submission (\S+)", stdout)
+    if match is None:
+        raise RuntimeError(f"cannot find the submission id in {stdout!r}")
+    return match.group(1).decode()
+
+
+def _timed_parts(manifest: Path, scratch: Path, paths: StatePaths) -> list[tuple[str, float]]:
+    """In-process timings of what `exq submit` does: expand, durable write, then read the whole state."""
+    started = time.perf_counter()
+    spec = load_manifest(manifest)
+    expanded = time.perf_counter()
+    intake.submit(StatePaths(scratch), spec)  # an empty state dir: the durable write alone
+    written = time.perf_counter()
+    api.status(paths)  # what `exq submit` calls afterwards, to say whether a daemon runs
+    read = time.perf_counter()
+    return [
+        ("load_manifest (parse + expand)", expanded - started),
+        ("intake.submit (number + atomic write + fsync)", written - expanded),
+        ("api.status (whole state read, for the 'no daemon' note)", read - written),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queue", type=int, default=100_000, help="jobs already in the queue (default 100000)")
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the submitted grid (default 10000)")
+    parser.add_argument("--gpus", default="8x24GiB", help="EXQ_SIMULATE_GPUS for the daemon (default 8x24GiB)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="bound on each step, seconds (default 180)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    args = parser.parse_args()
+
+    with temp_workspace(args.keep) as root:
+        state = root / "state"
+        paths = StatePaths(state)
+        env = exq_env(state, args.gpus)
+        built = build_state(state, root, args.queue, paused=True)
+        print(f"queue: {built.jobs} queued jobs in {built.submissions} submissions, paused (built through the "
+              f"Store in {built.seconds:.1f} s; snapshot {fmt_bytes(built.snapshot_bytes)})")
+        manifest = write_manifest(root / "grid.yaml", "grid", args.jobs)
+
+        print(f"CLI wall times, {args.jobs}-job grid manifest:")
+        base = run_exq(["--version"], env, args.timeout).seconds
+        print(f"  exq --version (interpreter + imports): {base:.2f} s")
+        validate = run_exq(["validate", str(manifest)], env, args.timeout).seconds
+        print(f"  exq validate (expand + print the {args.jobs}-row table to /dev/null): {validate:.2f} s")
+        submit = run_exq(["submit", str(manifest)], env, args.timeout, capture=True)
+        sub_id = _submission_id(submit.stdout)
+        print(f"  exq submit (no daemon, {built.jobs} jobs queued): {submit.seconds:.2f} s")
+        print("in-process parts of `exq submit`:")
+        for label, seconds in _timed_parts(manifest, root / "scratch", paths):
+            print(f"  {label}: {seconds:.2f} s")
+        pending = sorted(paths.intake.glob("[0-9]*.json"))
+        print(f"  intake file: {fmt_bytes(pending[-1].stat().st_size) if pending else '?'}")
+
+        print("ingest by `exq daemon` (paused: nothing runs):")
+        daemon = Daemon(env).start()
+        try:
+            ingested = daemon.wait_line(f"submission {sub_id} ", args.timeout) - daemon.started_at
+            print(f"  daemon start -> submission {sub_id} ingested (journal event committed): {ingested:.2f} s")
+            data, status_s = status_json(env, args.timeout)
+            seen = sum(1 for j in data["jobs"] if j["submission"] == sub_id)
+            answered = time.perf_counter() - daemon.started_at
+            print(f"  exq status --json shows {seen}/{args.jobs} of them, {len(data['jobs'])} jobs in all; "
+                  f"that call took {status_s:.2f} s (answered {answered:.2f} s after daemon start)")
+            del data
+
+            sub2 = str(int(sub_id) + 1)
+            landed = FileWatch(paths.intake / f"{int(sub2):09d}.json", args.timeout)
+            second = run_exq(["submit", str(manifest)], env, args.timeout, capture=True)
+            returned = time.perf_counter()
+            if _submission_id(second.stdout) != sub2:
+                raise RuntimeError(f"expected submission {sub2}, got {second.stdout!r}")
+            print(f"  exq submit while the daemon runs ({built.jobs + args.jobs} jobs queued): {second.seconds:.2f} s")
+            taken = daemon.wait_line(f"submission {sub2} ", args.timeout)
+            print(f"  intake file written -> submission {sub2} ingested by the running daemon: "
+                  f"{taken - landed.wait():.2f} s ({taken - returned:+.2f} s from `exq submit` returning)")
+        finally:
+            drain = daemon.stop(args.timeout)
+        print(f"  SIGTERM -> daemon exited (drain + final snapshot): {drain:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

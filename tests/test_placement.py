@@ -1,0 +1,70 @@
+"""Placement rules: foreign memory, exclusivity, sharing by memory, multi-GPU, OOM avoidance."""
+
+from __future__ import annotations
+
+from exq.queue.gpus import GpuInfo, GpuProcess, GpuSnapshot
+from exq.queue.jobspec import Resources
+from exq.queue.placement import Reservation, gpu_loads, place
+
+GiB = 1024**3
+
+
+def snapshot(*used: int, total: int = 24 * GiB, processes: dict[int, tuple[GpuProcess, ...]] | None = None,
+             ) -> dict[str, GpuSnapshot]:
+    gpus = tuple(GpuInfo(i, f"GPU-{i}", "Test GPU", total, u, (processes or {}).get(i, ()))
+                 for i, u in enumerate(used))
+    return {"local": GpuSnapshot(backend="simulated", gpus=gpus, taken_at=0.0)}
+
+
+def test_gpu_held_by_another_users_process_is_skipped() -> None:
+    loads = gpu_loads(snapshot(2 * GiB, 0), [])
+    assert place(Resources(gpus=1), loads).gpus == (1,)  # type: ignore[union-attr]
+
+
+def test_small_foreign_usage_under_threshold_is_tolerated() -> None:
+    loads = gpu_loads(snapshot(100 * 1024**2), [])
+    assert place(Resources(gpus=1), loads) is not None
+
+
+def test_exclusive_job_never_shares_a_gpu() -> None:
+    held = [Reservation("a", "local", (0,), None, False)]
+    loads = gpu_loads(snapshot(0, 0), held)
+    assert place(Resources(gpus=1), loads).gpus == (1,)  # type: ignore[union-attr]
+    both = [*held, Reservation("b", "local", (1,), 8 * GiB, True)]
+    assert place(Resources(gpus=1, gpu_memory=GiB, share=True), gpu_loads(snapshot(0, 0), both)).gpus == (1,)  # type: ignore[union-attr]
+
+
+def test_sharing_fits_by_memory_and_stops_when_full() -> None:
+    held = [Reservation("a", "local", (0,), 10 * GiB, True), Reservation("b", "local", (0,), 10 * GiB, True)]
+    loads = gpu_loads(snapshot(0), held)
+    assert place(Resources(gpus=1, gpu_memory=4 * GiB, share=True), loads) is not None
+    assert place(Resources(gpus=1, gpu_memory=5 * GiB, share=True), loads) is None
+
+
+def test_our_own_processes_are_not_foreign() -> None:
+    ours = (GpuProcess(pid=10, used_memory=6 * GiB, pgid=10),)
+    held = [Reservation("a", "local", (0,), 8 * GiB, True, pgid=10)]
+    loads = gpu_loads(snapshot(6 * GiB, processes={0: ours}), held)
+    assert loads[0].foreign == 0 and loads[0].reserved == 8 * GiB
+    assert place(Resources(gpus=1, gpu_memory=8 * GiB, share=True), loads) is not None
+
+
+def test_multi_gpu_job_takes_gpus_of_one_host() -> None:
+    snaps = snapshot(0, 0, 0)
+    snaps["other"] = GpuSnapshot(backend="simulated", taken_at=0.0,
+                                 gpus=(GpuInfo(0, "O-0", "Test GPU", 24 * GiB, 0),))
+    held = [Reservation("a", "local", (1,), None, False)]
+    placement = place(Resources(gpus=2), gpu_loads(snaps, held))
+    assert placement is not None and placement.host == "local" and placement.gpus == (0, 2)
+    assert place(Resources(gpus=3), gpu_loads(snaps, held)) is None
+
+
+def test_oom_retry_prefers_another_gpu_with_more_free_memory() -> None:
+    loads = gpu_loads(snapshot(0, 0), [])
+    assert place(Resources(gpus=1), loads, avoid=frozenset({("local", 0)})).gpus == (1,)  # type: ignore[union-attr]
+    only = gpu_loads(snapshot(0), [])
+    assert place(Resources(gpus=1), only, avoid=frozenset({("local", 0)})).gpus == (0,)  # type: ignore[union-attr]
+
+
+def test_job_larger_than_any_gpu_does_not_fit() -> None:
+    assert place(Resources(gpus=1, gpu_memory=30 * GiB), gpu_loads(snapshot(0), [])) is None
