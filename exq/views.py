@@ -37,10 +37,12 @@ def spec_table(spec: SubmissionSpec) -> Table:
 
 
 def phase_table(view: StatusView) -> Table:
-    """Counts and progress per submission and phase."""
+    """Progress and counts per submission and phase."""
     table = Table(title=_title(view), title_justify="left")
-    for column in ("submission", "phase", "progress", *(s.value for s in _ORDER)):
-        table.add_column(column, justify="right" if column not in ("submission", "phase", "progress") else "left")
+    table.add_column("submission", no_wrap=True)
+    table.add_column("phase", no_wrap=True)
+    table.add_column("progress", no_wrap=True)
+    table.add_column("jobs")
     groups: dict[tuple[str, str], Counter[JobStatus]] = {}
     for job in view.state.jobs:
         groups.setdefault((job.submission, job.phase), Counter())[job.status] += 1
@@ -48,16 +50,21 @@ def phase_table(view: StatusView) -> Table:
     for (sub, phase), counts in groups.items():
         total = sum(counts.values())
         done = sum(n for status, n in counts.items() if status.finished)
-        bar = ProgressBar(total=total, completed=done, width=20)
-        cells = [str(counts[s]) if counts[s] else "" for s in _ORDER]
-        table.add_row(names.get(sub, sub), phase, bar, *cells)
+        progress = Table.grid(padding=(0, 1))
+        progress.add_row(ProgressBar(total=total, completed=done, width=12), f"{done}/{total}")
+        summary = Text(" ").join(
+            Text(f"{counts[s]} {s.value}", style=STATUS_STYLE[s]) for s in _ORDER if counts[s]
+        )
+        table.add_row(names.get(sub, sub), phase, progress, summary)
     return table
 
 
 def job_table(jobs: list[Job], limit: int | None = None) -> Table:
     table = Table(title_justify="left")
-    for column in ("job", "phase", "status", "try", "where", "time", "reason / result"):
-        table.add_column(column, overflow="fold")
+    table.add_column("job", no_wrap=True)
+    for column in ("status", "try", "where", "time"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason / result", overflow="fold")
     now = time.time()
     for job in jobs[:limit] if limit else jobs:
         attempt = job.current_attempt
@@ -70,7 +77,9 @@ def job_table(jobs: list[Job], limit: int | None = None) -> Table:
         detail = job.reason or ""
         if job.result:
             detail = " ".join(f"{k}={v}" for k, v in list(job.result.items())[:4])
-        table.add_row(job.key, job.phase, Text(job.status.value, style=STATUS_STYLE[job.status]),
+        scaled = [f"{k} {job.spec.params[k]}->{v}" for k, v in job.params.items() if job.spec.params.get(k) != v]
+        detail = "; ".join(part for part in (*scaled, detail) if part)
+        table.add_row(job.key, Text(job.status.value, style=STATUS_STYLE[job.status]),
                       str(len(job.attempts)), where, elapsed, detail)
     return table
 

@@ -69,6 +69,7 @@ def test_oom_is_retried_with_backoff_and_scaled_batch(exq: Exq) -> None:
     assert job["status"] == "succeeded" and job["params"]["batch_size"] == 64
     assert job["cmd"].endswith("oom.py 64") and job["oom_retries"] == 2
     assert job["result"] == {"loss": 0.5, "batch": 64}
+    assert "batch_size 256->64" in exq("status").stdout
     first, second, third = job["attempts"]
     assert first["outcome"] == "oom" and "CUDA out of memory" in first["reason"]
     assert second["launched_at"] - first["ended_at"] >= 0.45   # backoff 0.5s
