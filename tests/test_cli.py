@@ -51,6 +51,7 @@ def test_gpu_jobs_wait_and_cpu_jobs_run_without_any_gpu(exq: Exq) -> None:
     """)
     exq("submit", str(manifest))
     wait_until(lambda: exq.jobs().get("cpu", {}).get("status") == "succeeded")
+    wait_until(lambda: exq.jobs()["gpu"]["reason"] == "waiting: no GPU on any host (needs 1)")
     assert exq.jobs()["gpu"]["status"] == "queued"
     assert exq.state()["hosts"][0]["backend"] == "none"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from exq.queue.gpus import GpuInfo, GpuProcess, GpuSnapshot
 from exq.queue.jobspec import Resources
-from exq.queue.placement import Reservation, gpu_loads, place
+from exq.queue.placement import Reservation, gpu_loads, place, why_waiting
 
 GiB = 1024**3
 
@@ -68,3 +68,13 @@ def test_oom_retry_prefers_another_gpu_with_more_free_memory() -> None:
 
 def test_job_larger_than_any_gpu_does_not_fit() -> None:
     assert place(Resources(gpus=1, gpu_memory=30 * GiB), gpu_loads(snapshot(0), [])) is None
+
+
+def test_waiting_reason_says_what_is_missing() -> None:
+    loads = gpu_loads(snapshot(0, 2 * GiB), [Reservation("a", "local", (0,), None, False)])
+    assert why_waiting(Resources(gpus=1), [], 500 * 1024**2) == "waiting: no GPU on any host (needs 1)"
+    assert "needs 3 GPUs on one host, the largest host has 2" in why_waiting(Resources(gpus=3), loads, 500 * 1024**2)
+    assert "needs 40GiB per GPU, the largest GPU has 24GiB" in why_waiting(
+        Resources(gpus=1, gpu_memory=40 * GiB), loads, 500 * 1024**2)
+    assert why_waiting(Resources(gpus=1), loads, 500 * 1024**2) == (
+        "waiting for 1 free GPU(s); 1 held by other users' processes")

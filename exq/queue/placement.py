@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from exq.queue.gpus import GpuInfo, GpuSnapshot
 from exq.queue.jobspec import Resources
+from exq.units import format_size
 
 DEFAULT_FOREIGN_THRESHOLD = 500 * 1024**2
 
@@ -112,3 +113,22 @@ def place(
             placement = Placement(host, tuple(ld.gpu.index for ld in chosen), tuple(ld.gpu.uuid for ld in chosen))
             best = (score, placement)
     return best[1] if best else None
+
+
+def why_waiting(resources: Resources, loads: list[GpuLoad], foreign_threshold: int) -> str:
+    """Why a job with `resources` found no place now, in words a user can act on."""
+    if not loads:
+        return f"waiting: no GPU on any host (needs {resources.gpus})"
+    per_host: dict[str, int] = {}
+    for load in loads:
+        per_host[load.host] = per_host.get(load.host, 0) + 1
+    if resources.gpus > max(per_host.values()):
+        return f"cannot fit: needs {resources.gpus} GPUs on one host, the largest host has {max(per_host.values())}"
+    largest = max(load.gpu.memory_total for load in loads)
+    if resources.gpu_memory is not None and resources.gpu_memory > largest:
+        need, have = format_size(resources.gpu_memory), format_size(largest)
+        return f"cannot fit: needs {need} per GPU, the largest GPU has {have}"
+    foreign = sum(1 for load in loads if load.foreign >= foreign_threshold)
+    held = f"; {foreign} held by other users' processes" if foreign else ""
+    memory = f" with {format_size(resources.gpu_memory)} free" if resources.gpu_memory is not None else ""
+    return f"waiting for {resources.gpus} free GPU(s){memory}{held}"

@@ -29,6 +29,7 @@ from exq.queue.placement import (
     Reservation,
     gpu_loads,
     place,
+    why_waiting,
 )
 from exq.queue.retry import next_step
 from exq.queue.state import (
@@ -313,6 +314,8 @@ class Scheduler:
                 placement = place(res, loads, foreign_threshold=self.config.foreign_threshold,
                                   avoid=self._avoid.get(job.key, frozenset()))
             if placement is None:
+                self._note(job, why_waiting(res, loads, self.config.foreign_threshold) if res.gpus
+                           else "waiting for a CPU job slot")
                 continue
             self._reservations[job.key] = Reservation(
                 job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
@@ -329,7 +332,9 @@ class Scheduler:
         for job in self.store.state.jobs:
             if job.status != JobStatus.QUEUED:
                 continue
-            if any(jobs[job_key(job.submission, d)].status != JobStatus.SUCCEEDED for d in job.deps):
+            pending = sum(jobs[job_key(job.submission, d)].status != JobStatus.SUCCEEDED for d in job.deps)
+            if pending:
+                self._note(job, f"waiting for {pending} upstream job(s)")
                 continue
             if job.not_before is not None and job.not_before > now:
                 if self._next_ready_at is None or job.not_before < self._next_ready_at:
@@ -338,6 +343,12 @@ class Scheduler:
             ready.append(job)
         ready.sort(key=lambda j: (-j.priority, j.order))
         return ready
+
+    def _note(self, job: Job, reason: str) -> None:
+        """Say why a queued job is not running (advisory: shown in status, not journaled)."""
+        if job.reason != reason:
+            job.reason = reason
+            self.store.touch()
 
     def _new_attempt(self, job: Job, placement: Placement, now: float) -> Attempt:
         number = len(job.attempts) + 1
