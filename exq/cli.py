@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 from exq import __version__, api
-from exq.errors import DaemonRunningError, ExqError, ManifestError, NotFoundError
+from exq.errors import DaemonRunningError, ExqError, InputFileError, NotFoundError
 from exq.queue.intake import ControlRequest
 from exq.queue.state import JobStatus, QueueState
 from exq.units import parse_size
@@ -284,7 +284,7 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except ExqError as exc:
-        lines = [str(p) for p in exc.problems] if isinstance(exc, ManifestError) else [str(exc)]
+        lines = [str(p) for p in exc.problems] if isinstance(exc, InputFileError) else [str(exc)]
         for line in lines:
             err_console.print(Text("exq: error: ", style="bold red") + Text(line), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

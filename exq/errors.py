@@ -9,18 +9,26 @@ class ExqError(Exception):
     exit_code = 1
 
 
-class ManifestError(ExqError):
-    """A manifest is invalid. Carries every problem found, each with file, line, column and field."""
+class InputFileError(ExqError):
+    """A file a user wrote is invalid. Carries every problem found, each with file, line, column and field."""
 
     exit_code = 2
 
-    def __init__(self, problems: list[ManifestProblem]) -> None:
+    def __init__(self, problems: list[InputProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
 
-class ManifestProblem:
-    """One problem in a manifest: where it is, which field, and what was expected."""
+class ManifestError(InputFileError):
+    """A manifest is invalid."""
+
+
+class ConfigError(InputFileError):
+    """exq's configuration file (hosts) is invalid."""
+
+
+class InputProblem:
+    """One problem in an input file: where it is, which field, and what was expected."""
 
     def __init__(self, file: str, line: int | None, column: int | None, field: str, message: str) -> None:
         self.file = file
@@ -39,7 +47,7 @@ class ManifestProblem:
         return f"{where}:{field} {self.message}"
 
     def __repr__(self) -> str:
-        return f"ManifestProblem({self!s})"
+        return f"InputProblem({self!s})"
 
 
 class StateError(ExqError):

@@ -10,7 +10,7 @@ from textwrap import dedent
 
 import pytest
 
-from exq.errors import ManifestError, ManifestProblem
+from exq.errors import InputProblem, ManifestError
 from exq.queue.jobspec import SubmissionSpec
 from exq.queue.manifest import load_manifest, parse_manifest
 
@@ -26,14 +26,14 @@ def parse(src: str, text: str) -> SubmissionSpec:
     return parse_manifest(dedent(text), src)
 
 
-def problems(src: str, text: str) -> list[ManifestProblem]:
+def problems(src: str, text: str) -> list[InputProblem]:
     with pytest.raises(ManifestError) as info:
         parse(src, text)
     assert all(p.file == src for p in info.value.problems)
     return info.value.problems
 
 
-def one(src: str, text: str) -> ManifestProblem:
+def one(src: str, text: str) -> InputProblem:
     found = problems(src, text)
     assert len(found) == 1, [str(p) for p in found]
     return found[0]

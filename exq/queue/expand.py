@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from exq.queue.jobspec import Scalar
 from exq.queue.template import format_value
-from exq.queue.yamlpos import Path, Problems
+from exq.yamldoc import Path, Problems
 
 Combo = dict[str, Scalar]
 """One combination of grid values, key -> value, in grid key order."""

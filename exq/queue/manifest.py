@@ -6,13 +6,11 @@ ManifestError carrying every problem found.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -22,12 +20,10 @@ from pydantic import (
     Field,
     PlainValidator,
     PrivateAttr,
-    ValidationError,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
-from exq.errors import ManifestError, ManifestProblem
+from exq.errors import ManifestError
 from exq.queue import expand
 from exq.queue.jobspec import (
     FailureRetry,
@@ -42,25 +38,17 @@ from exq.queue.jobspec import (
 from exq.queue.template import TemplateError, placeholders, render, render_cmd, render_id
 from exq.queue.template import format_value as _text
 from exq.queue.template import unknown_placeholder_message as _unknown
-from exq.queue.yamlpos import Path, Problems, YamlSyntaxError, load_yaml
 from exq.units import parse_duration, parse_size
+from exq.yamldoc import Path, Problems, parse_document, read_document, show
 
 # ---------------------------------------------------------------- leaf types with plain messages
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    return "null" if value is None else repr(value)
 
 
 def _leaf(expected: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v
           ) -> PlainValidator:
     def check(value: Any) -> Any:
         if not ok(value):
-            raise ValueError(f"expected {expected}, got {_show(value)}")
+            raise ValueError(f"expected {expected}, got {show(value)}")
         return convert(value)
 
     return PlainValidator(check)
@@ -77,10 +65,10 @@ def _is_num(v: Any) -> bool:
 def _units(parse: Callable[[Any], Any], positive: bool = False) -> PlainValidator:
     def check(value: Any) -> Any:
         if not isinstance(value, str | int | float):
-            raise ValueError(f"expected a size or duration such as 20GiB or 90s, got {_show(value)}")
+            raise ValueError(f"expected a size or duration such as 20GiB or 90s, got {show(value)}")
         parsed = parse(value)
         if positive and parsed <= 0:
-            raise ValueError(f"expected a positive duration such as 90s or 2h30m, got {_show(value)}")
+            raise ValueError(f"expected a positive duration such as 90s or 2h30m, got {show(value)}")
         return parsed
 
     return PlainValidator(check)
@@ -93,7 +81,7 @@ def _one_or_list(value: Any) -> Any:
 def _non_empty_list(value: Any) -> Any:
     if not isinstance(value, list) or not value:
         hint = "(a single fixed value belongs in params)"
-        raise ValueError(f"expected a non-empty list of values {hint}, got {_show(value)}")
+        raise ValueError(f"expected a non-empty list of values {hint}, got {show(value)}")
     return value
 
 
@@ -227,75 +215,6 @@ _RESOURCES = ("gpus", "gpu_memory", "share", "timeout")
 _RESERVED = ("phase", "id")
 
 # ---------------------------------------------------------------- pydantic errors -> problems
-
-_EXPECTED = {
-    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
-    "list_type": "a list", "string_type": "a string", "invalid_key": "string keys",
-}
-
-
-def _unwrap(tp: Any) -> Any:
-    while True:
-        origin = get_origin(tp)
-        if origin is Annotated:
-            tp = get_args(tp)[0]
-        elif origin in (Union, types.UnionType) and type(None) in get_args(tp) and len(get_args(tp)) == 2:
-            tp = next(a for a in get_args(tp) if a is not type(None))
-        else:
-            return tp
-
-
-def _model_at(loc: Path) -> type[BaseModel] | None:
-    """The model class that validates the mapping at `loc`."""
-    tp: Any = ManifestModel
-    for part in loc:
-        tp = _unwrap(tp)
-        fields = tp.model_fields if isinstance(tp, type) and issubclass(tp, BaseModel) else {}
-        if isinstance(part, str) and part in fields:
-            tp = fields[part].annotation
-        elif get_origin(tp) in (list, dict):
-            tp = get_args(tp)[-1]
-        else:
-            return None
-    tp = _unwrap(tp)
-    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-
-
-def _unknown_field(loc: Path) -> str:
-    name = str(loc[-1])
-    model = _model_at(loc[:-1])
-    fields = sorted(model.model_fields) if model else []
-    close = difflib.get_close_matches(name, fields, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown field {name!r}{hint}; expected one of {', '.join(fields)}"
-
-
-def _normalize(loc: tuple[int | str, ...], data: Any) -> Path:
-    """`loc` as a path into `data`, dropping the index pydantic adds to a one-item shorthand."""
-    path: list[str | int] = []
-    for part in loc:
-        if part == 0 and not isinstance(data, list):
-            continue
-        path.append(part)
-        data = data.get(part) if isinstance(data, dict) else data[part] if isinstance(data, list) and \
-            isinstance(part, int) and part < len(data) else None
-    return tuple(path)
-
-
-def _report(error: ErrorDetails, data: Any, problems: Problems) -> None:
-    kind, loc = error["type"], tuple(error["loc"])
-    if loc and loc[-1] == "[key]":
-        path = _normalize(loc[:-1], data)
-        problems.add(path, f"bad key: {error['msg'].removeprefix('Value error, ')}", key=True)
-    elif kind == "missing":
-        problems.add(_normalize(loc, data), f"missing required field {loc[-1]!r}", parent=True)
-    elif kind == "extra_forbidden":
-        problems.add(_normalize(loc, data), _unknown_field(loc), key=True)
-    elif kind in _EXPECTED:
-        problems.add(_normalize(loc, data), f"expected {_EXPECTED[kind]}, got {_show(error['input'])}")
-    else:
-        problems.add(_normalize(loc, data), error["msg"].removeprefix("Value error, "))
-
 
 # ---------------------------------------------------------------- from models to jobs
 
@@ -505,39 +424,15 @@ def _expand(model: ManifestModel, source: str, problems: Problems) -> Submission
 def parse_manifest(text: str, source: str) -> SubmissionSpec:
     """Validate and expand manifest `text`; `source` is its absolute path (for messages and workdir)."""
     source = os.path.abspath(source)
-    try:
-        data, positions = load_yaml(text)
-    except YamlSyntaxError as exc:
-        line, column = exc.pos or (None, None)
-        problem = ManifestProblem(source, line, column, "", f"invalid YAML: {exc.message}")
-        raise ManifestError([problem]) from None
-    problems = Problems(source, positions)
-    if not isinstance(data, dict):
-        got = "an empty file" if data is None else _show(data)
-        problems.add((), f"expected a mapping at the top level (name, phases or cmd, ...), got {got}")
-        raise problems.error()
-    try:
-        model = ManifestModel.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            _report(error, data, problems)
-        raise problems.error() from None
+    model, problems = parse_document(
+        ManifestModel, text, source, ManifestError, "a mapping at the top level (name, phases or cmd, ...)")
     return _expand(model, source, problems)
 
 
 def load_manifest(path: str | os.PathLike[str]) -> SubmissionSpec:
     """Read, validate and expand the manifest file at `path`."""
     source = os.path.abspath(path)
-    try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        message = "manifest file not found"
-    except (OSError, UnicodeDecodeError) as exc:
-        message = f"cannot read manifest: {exc}"
-    else:
-        return parse_manifest(text, source)
-    raise ManifestError([ManifestProblem(source, None, None, "", message)])
+    return parse_manifest(read_document(source, "manifest", ManifestError), source)
 
 
 __all__ = ["ManifestModel", "PhaseModel", "load_manifest", "parse_manifest"]
