@@ -18,7 +18,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainValidator,
     PrivateAttr,
     model_validator,
 )
@@ -38,40 +37,23 @@ from exq.queue.jobspec import (
 from exq.queue.template import TemplateError, placeholders, render, render_cmd, render_id
 from exq.queue.template import format_value as _text
 from exq.queue.template import unknown_placeholder_message as _unknown
-from exq.units import parse_duration, parse_size
 from exq.yamldoc import Path, Problems, parse_document, read_document, show
+from exq.yamlfields import (
+    Bool,
+    Count,
+    Duration,
+    Factor,
+    Fraction,
+    Int,
+    Name,
+    NonNegNumber,
+    PosDuration,
+    Size,
+    Str,
+    leaf,
+)
 
-# ---------------------------------------------------------------- leaf types with plain messages
-
-
-def _leaf(expected: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v
-          ) -> PlainValidator:
-    def check(value: Any) -> Any:
-        if not ok(value):
-            raise ValueError(f"expected {expected}, got {show(value)}")
-        return convert(value)
-
-    return PlainValidator(check)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _units(parse: Callable[[Any], Any], positive: bool = False) -> PlainValidator:
-    def check(value: Any) -> Any:
-        if not isinstance(value, str | int | float):
-            raise ValueError(f"expected a size or duration such as 20GiB or 90s, got {show(value)}")
-        parsed = parse(value)
-        if positive and parsed <= 0:
-            raise ValueError(f"expected a positive duration such as 90s or 2h30m, got {show(value)}")
-        return parsed
-
-    return PlainValidator(check)
+# ---------------------------------------------------------------- manifest-only leaf types
 
 
 def _one_or_list(value: Any) -> Any:
@@ -94,22 +76,8 @@ def _equal_lengths(group: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
     return group
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-Str = Annotated[str, _leaf("a string", lambda v: isinstance(v, str))]
-Name = Annotated[str, _leaf("a name of letters, digits, '.', '_' or '-' starting with a letter or digit",
-                            lambda v: isinstance(v, str) and bool(_NAME_RE.match(v)))]
-Int = Annotated[int, _leaf("an integer", _is_int)]
-Count = Annotated[int, _leaf("an integer >= 0", lambda v: _is_int(v) and v >= 0)]
-Bool = Annotated[bool, _leaf("true or false", lambda v: isinstance(v, bool))]
-Factor = Annotated[float, _leaf("a number >= 1", lambda v: _is_num(v) and v >= 1, float)]
-Fraction = Annotated[float, _leaf("a number between 0 and 1 (exclusive)",
-                                  lambda v: _is_num(v) and 0 < v < 1, float)]
-NonNegNumber = Annotated[float, _leaf("a number >= 0", lambda v: _is_num(v) and v >= 0)]
-Size = Annotated[int, _units(parse_size)]
-Duration = Annotated[float, _units(parse_duration)]
-PosDuration = Annotated[float, _units(parse_duration, positive=True)]
-Value = Annotated[Scalar, _leaf("a string, number or boolean", lambda v: isinstance(v, str | int | float))]
-EnvValue = Annotated[str, _leaf("a string, number or boolean",
+Value = Annotated[Scalar, leaf("a string, number or boolean", lambda v: isinstance(v, str | int | float))]
+EnvValue = Annotated[str, leaf("a string, number or boolean",
                                 lambda v: isinstance(v, str | int | float), _text)]
 Values = Annotated[list[Value], BeforeValidator(_non_empty_list)]
 ZipGroup = Annotated[dict[Str, Values], AfterValidator(_equal_lengths)]

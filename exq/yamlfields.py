@@ -1,0 +1,61 @@
+"""Leaf field types for the YAML documents users write, each failing with a plain message."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import PlainValidator
+
+from exq.units import parse_duration, parse_size
+from exq.yamldoc import show
+
+
+def leaf(expected: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v
+          ) -> PlainValidator:
+    """A validator accepting values for which `ok` holds, else 'expected <expected>, got <value>'."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(f"expected {expected}, got {show(value)}")
+        return convert(value)
+
+    return PlainValidator(check)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def units(parse: Callable[[Any], Any], positive: bool = False) -> PlainValidator:
+    """A validator for sizes or durations written with units (see exq.units)."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"expected a size or duration such as 20GiB or 90s, got {show(value)}")
+        parsed = parse(value)
+        if positive and parsed <= 0:
+            raise ValueError(f"expected a positive duration such as 90s or 2h30m, got {show(value)}")
+        return parsed
+
+    return PlainValidator(check)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+Str = Annotated[str, leaf("a string", lambda v: isinstance(v, str))]
+Name = Annotated[str, leaf("a name of letters, digits, '.', '_' or '-' starting with a letter or digit",
+                            lambda v: isinstance(v, str) and bool(_NAME_RE.match(v)))]
+Int = Annotated[int, leaf("an integer", is_int)]
+Count = Annotated[int, leaf("an integer >= 0", lambda v: is_int(v) and v >= 0)]
+Bool = Annotated[bool, leaf("true or false", lambda v: isinstance(v, bool))]
+Factor = Annotated[float, leaf("a number >= 1", lambda v: is_num(v) and v >= 1, float)]
+Fraction = Annotated[float, leaf("a number between 0 and 1 (exclusive)",
+                                  lambda v: is_num(v) and 0 < v < 1, float)]
+NonNegNumber = Annotated[float, leaf("a number >= 0", lambda v: is_num(v) and v >= 0)]
+Size = Annotated[int, units(parse_size)]
+Duration = Annotated[float, units(parse_duration)]
+PosDuration = Annotated[float, units(parse_duration, positive=True)]
