@@ -41,7 +41,7 @@ def _pairs(jobs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, A
     for job in jobs:
         for attempt in job["attempts"]:
             per_gpu[tuple(attempt["gpus"])].append(attempt)
-    pairs = []
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for attempts in per_gpu.values():
         attempts.sort(key=lambda a: a["launched_at"])
         pairs.extend(itertools.pairwise(attempts))

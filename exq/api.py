@@ -19,14 +19,21 @@ from exq.queue.jobspec import SubmissionSpec
 from exq.queue.manifest import load_manifest
 from exq.queue.scheduler import LOCAL_HOST, Scheduler, SchedulerConfig
 from exq.queue.state import Job, QueueState
-from exq.queue.store import StatePaths, Store, daemon_running, default_state_dir, read_state
+from exq.queue.store import (
+    StatePaths,
+    Store,
+    daemon_running,
+    default_state_dir,
+    read_state,
+    snapshot_is_current,
+)
 from exq.queue.workers import Worker
 from exq.queue.workers.local import LocalWorker
 
 __all__ = [
     "ControlReply", "ControlRequest", "Intake", "Job", "QueueState", "SchedulerConfig", "StatePaths",
-    "StatusView", "SubmissionSpec", "control", "find_job", "load_manifest", "probe_gpus", "serve",
-    "state_paths", "status", "submit",
+    "StatusView", "SubmissionSpec", "control", "daemon_alive", "find_job", "load_manifest", "probe_gpus",
+    "serve", "state_json", "state_paths", "status", "submit",
 ]
 log = logging.getLogger("exq")
 
@@ -54,6 +61,19 @@ def status(paths: StatePaths) -> StatusView:
     state = read_state(paths)
     pending = [item for _, item in intake.pending_intakes(paths)] if paths.intake.exists() else []
     return StatusView(state, pending, daemon_running(paths))
+
+
+def daemon_alive(paths: StatePaths) -> bool:
+    """Whether a daemon (or `exq run`) holds this state directory now. Cheap: reads no state."""
+    return daemon_running(paths)
+
+
+def state_json(paths: StatePaths) -> bytes:
+    """The state as JSON: queue_state.json as it is when it is current, else rebuilt with newer events."""
+    if snapshot_is_current(paths):
+        with contextlib.suppress(FileNotFoundError):
+            return paths.snapshot.read_bytes()
+    return read_state(paths).model_dump_json().encode()
 
 
 def find_job(state: QueueState, ref: str) -> Job | None:

@@ -55,12 +55,16 @@ def _paths(ctx: click.Context) -> api.StatePaths:
 
 @cli.command()
 @click.argument("manifest", type=click.Path(exists=False, dir_okay=False, path_type=Path))
-def validate(manifest: Path) -> None:
+@click.option("--all", "all_jobs", is_flag=True, help="List every job (default: the first 200).")
+def validate(manifest: Path, all_jobs: bool) -> None:
     """Check MANIFEST and print the jobs it expands to; submit nothing."""
-    spec = api.load_manifest(manifest)
+    _print_spec(api.load_manifest(manifest), all_jobs)
+
+
+def _print_spec(spec: api.SubmissionSpec, all_jobs: bool) -> None:
     from exq.views import spec_table
 
-    console.print(spec_table(spec))
+    console.print(spec_table(spec, limit=None if all_jobs else 200))
 
 
 @cli.command()
@@ -71,14 +75,12 @@ def submit(ctx: click.Context, manifest: Path, dry_run: bool) -> None:
     """Submit MANIFEST to the queue. Returns once the submission is durable."""
     spec = api.load_manifest(manifest)
     if dry_run:
-        from exq.views import spec_table
-
-        console.print(spec_table(spec))
+        _print_spec(spec, all_jobs=False)
         return
     paths = _paths(ctx)
     item = api.submit(paths, spec)
     console.print(f"submitted {len(spec.jobs)} job(s) as submission {item.id} ({spec.name})")
-    if not api.status(paths).daemon_alive:
+    if not api.daemon_alive(paths):
         err_console.print("note: no exq daemon runs on this state dir; start `exq daemon` to run the jobs")
 
 
@@ -89,7 +91,7 @@ def run(ctx: click.Context, manifest: Path) -> None:
     """Submit MANIFEST and schedule in this process until its jobs end (exit 1 if any did not succeed)."""
     paths = _paths(ctx)
     spec = api.load_manifest(manifest)
-    if api.status(paths).daemon_alive:
+    if api.daemon_alive(paths):
         raise DaemonRunningError("an exq daemon runs on this state dir; use `exq submit` instead")
     item = api.submit(paths, spec)
     gpus = api.probe_gpus(paths)
@@ -141,7 +143,7 @@ def status(ctx: click.Context, as_json: bool, watch: bool, all_jobs: bool) -> No
 
     paths = _paths(ctx)
     if as_json:
-        click.echo(api.status(paths).state.model_dump_json(indent=2))
+        sys.stdout.buffer.write(api.state_json(paths) + b"\n")
         return
     if not watch:
         console.print(status_renderable(api.status(paths), all_jobs))

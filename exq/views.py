@@ -23,12 +23,14 @@ STATUS_STYLE = {
 _ORDER = list(JobStatus)
 
 
-def spec_table(spec: SubmissionSpec) -> Table:
-    """The expanded jobs of a manifest (`exq validate`, `exq submit --dry-run`)."""
-    table = Table(title=f"{spec.name}: {len(spec.jobs)} jobs in {len(spec.phases)} phase(s)", title_justify="left")
+def spec_table(spec: SubmissionSpec, limit: int | None = None) -> Table:
+    """The expanded jobs of a manifest (`exq validate`, `exq submit --dry-run`), the first `limit` of them."""
+    more = f" (first {limit} shown; --all for every job)" if limit is not None and len(spec.jobs) > limit else ""
+    table = Table(title=f"{spec.name}: {len(spec.jobs)} jobs in {len(spec.phases)} phase(s){more}",
+                  title_justify="left")
     for column in ("job", "phase", "gpus", "after", "cmd"):
         table.add_column(column, overflow="fold")
-    for job in spec.jobs:
+    for job in spec.jobs[:limit]:
         res = job.resources
         gpus = str(res.gpus) + (f" x {format_size(res.gpu_memory)}" if res.gpu_memory else "")
         deps = ", ".join(job.deps[:3]) + (f" +{len(job.deps) - 3}" if len(job.deps) > 3 else "")

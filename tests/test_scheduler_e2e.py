@@ -341,3 +341,14 @@ def test_concurrent_submits_while_the_daemon_runs(exq: Exq) -> None:
     assert sorted(int(s["id"]) for s in state["submissions"]) == list(range(1, 21))
     assert len({(j["submission"], j["id"]) for j in state["jobs"]}) == 60
     assert all(len(j["attempts"]) == 1 for j in state["jobs"])
+
+
+def test_a_reused_submission_number_is_renumbered_not_dropped(exq: Exq) -> None:
+    manifest = exq.manifest("name: twice\ngpus: 0\nid: j\ncmd: 'true'\n")
+    exq("run", str(manifest))
+    (exq.state_dir / "intake" / ".counter").unlink()  # e.g. lost in a restore from backup
+    assert "submission 1" in exq("submit", str(manifest)).stdout
+    exq.start_daemon()
+    state = wait_until(lambda: (s := exq.state()) and len(s["jobs"]) == 2 and s, 30)
+    assert sorted(s["id"] for s in state["submissions"]) == ["1", "2"]
+    assert "submission 3" in exq("submit", str(manifest)).stdout

@@ -16,6 +16,7 @@ import pytest
 
 from exq.errors import DaemonRunningError, StateError
 from exq.queue import intake
+from exq.queue import store as store_module
 from exq.queue.events import Ended, Launched, Submitted
 from exq.queue.jobspec import JobSpec, SubmissionSpec
 from exq.queue.outcome import Outcome
@@ -179,3 +180,25 @@ def test_reader_never_sees_a_torn_snapshot(tmp_path: Path) -> None:
     store.close()
     assert reader.returncode == 0, err
     assert int(out) > 10 and writes > 10
+
+
+def test_reader_is_not_set_back_by_a_compaction_during_its_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exq.queue.store.COMPACT_JOURNAL_BYTES", 0)
+    paths = StatePaths(tmp_path / "st")
+    store = Store(paths, min_snapshot_interval=3600).open()
+    store.commit([submitted("1", 2)])
+    store.snapshot(force=True)
+    store.commit([launched("1/j0")])  # in the journal only
+    real_load = store_module._load_snapshot
+
+    def load_then_writer_compacts(path: Path) -> object:
+        old = real_load(path)  # the reader has the older snapshot in hand...
+        store.snapshot(force=True)  # ...when the writer snapshots and empties the journal
+        assert paths.journal.stat().st_size == 0
+        return old
+
+    monkeypatch.setattr(store_module, "_load_snapshot", load_then_writer_compacts)
+    assert read_state(paths).jobs[0].status == JobStatus.RUNNING
+    store.close()

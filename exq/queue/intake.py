@@ -54,13 +54,30 @@ class ControlReply(BaseModel):
 def submit(paths: StatePaths, spec: SubmissionSpec) -> Intake:
     """Number the submission and make it durable in intake/. Safe with concurrent submitters."""
     paths.create()
-    with FileLock(str(paths.intake / ".lock"), mode=PRIVATE_FILE):
-        counter = paths.intake / COUNTER
-        number = int(counter.read_text()) + 1 if counter.exists() else 1
+    with _intake_lock(paths):
+        number = _counter(paths) + 1
         intake = Intake(id=str(number), submitted_at=time.time(), spec=spec)
         atomic_write(paths.intake / f"{number:09d}.json", intake.model_dump_json().encode())
-        atomic_write(counter, str(number).encode())
+        atomic_write(paths.intake / COUNTER, str(number).encode())
     return intake
+
+
+def raise_counter(paths: StatePaths, at_least: int) -> None:
+    """Make sure the next submission number is above `at_least`."""
+    with _intake_lock(paths):
+        if _counter(paths) < at_least:
+            atomic_write(paths.intake / COUNTER, str(at_least).encode())
+
+
+def _intake_lock(paths: StatePaths) -> FileLock:
+    return FileLock(str(paths.intake / ".lock"), mode=PRIVATE_FILE)
+
+
+def _counter(paths: StatePaths) -> int:
+    try:
+        return int((paths.intake / COUNTER).read_text())
+    except FileNotFoundError:
+        return 0
 
 
 def pending_intakes(paths: StatePaths) -> Iterator[tuple[Path, Intake]]:
@@ -123,5 +140,5 @@ def clean_stale_replies(paths: StatePaths, older_than: float = 3600.0) -> None:
 
 __all__ = [
     "ControlReply", "ControlRequest", "Intake", "clean_stale_replies", "pending_intakes",
-    "pending_requests", "reply", "request", "submit", "wait_reply",
+    "pending_requests", "raise_counter", "reply", "request", "submit", "wait_reply",
 ]

@@ -22,6 +22,8 @@ class Ledger:
     def __init__(self, state: QueueState | None = None) -> None:
         self.state = state or QueueState()
         self.jobs: dict[str, Job] = {job.key: job for job in self.state.jobs}
+        self.queued: dict[str, Job] = {j.key: j for j in self.state.jobs if j.status == JobStatus.QUEUED}
+        """Queued jobs in submission order: what placement scans, however many jobs have finished."""
         self.submissions = {sub.id for sub in self.state.submissions}
 
     def job(self, key: str) -> Job:
@@ -36,7 +38,7 @@ class Ledger:
                 self._submitted(event)
             case Launched():
                 job = self.jobs[event.key]
-                job.status = JobStatus.RUNNING
+                self._set_status(job, JobStatus.RUNNING)
                 job.attempts.append(event.attempt)
                 job.host, job.gpus = event.attempt.host, list(event.attempt.gpus)
                 job.params, job.cmd = dict(event.attempt.params), event.attempt.cmd
@@ -49,7 +51,8 @@ class Ledger:
             case Blocked():
                 for key in event.keys:
                     job = self.jobs[key]
-                    job.status, job.reason, job.finished_at = JobStatus.BLOCKED, event.reason, event.at
+                    self._set_status(job, JobStatus.BLOCKED)
+                    job.reason, job.finished_at = event.reason, event.at
             case CancelRequested():
                 self._cancel_requested(event)
             case Reset():
@@ -77,13 +80,15 @@ class Ledger:
             )
             self.state.jobs.append(job)
             self.jobs[job.key] = job
+            self.queued[job.key] = job
 
     def _ended(self, event: Ended) -> None:
         job = self.jobs[event.key]
         attempt = job.attempts[event.number - 1]
         attempt.ended_at, attempt.exit_code, attempt.signal = event.ended_at, event.exit_code, event.signal
         attempt.outcome, attempt.reason = event.outcome, event.reason
-        job.status, job.not_before = event.status, event.not_before
+        self._set_status(job, event.status)
+        job.not_before = event.not_before
         job.reason = None if event.status == JobStatus.SUCCEEDED else event.job_reason or event.reason
         if event.result is not None:
             job.result = event.result
@@ -102,11 +107,19 @@ class Ledger:
             if job.status == JobStatus.RUNNING:
                 job.cancel_requested = True
             elif not job.status.finished or job.status == JobStatus.BLOCKED:
-                job.status, job.reason, job.finished_at = JobStatus.CANCELLED, "cancelled by user", event.at
+                self._set_status(job, JobStatus.CANCELLED)
+                job.reason, job.finished_at = "cancelled by user", event.at
 
-    @staticmethod
-    def _reset(job: Job) -> None:
-        job.status, job.reason, job.not_before, job.finished_at = JobStatus.QUEUED, None, None, None
+    def _set_status(self, job: Job, status: JobStatus) -> None:
+        job.status = status
+        if status == JobStatus.QUEUED:
+            self.queued[job.key] = job
+        else:
+            self.queued.pop(job.key, None)
+
+    def _reset(self, job: Job) -> None:
+        self._set_status(job, JobStatus.QUEUED)
+        job.reason, job.not_before, job.finished_at = None, None, None
         job.oom_retries = job.failure_retries = 0
         job.cancel_requested = False
         job.params, job.cmd = dict(job.spec.params), job.spec.cmd

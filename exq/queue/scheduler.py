@@ -22,6 +22,7 @@ from exq.queue import control, intake
 from exq.queue.classify import classify
 from exq.queue.events import Blocked, Ended, Event, Launched, Started, Submitted
 from exq.queue.gpus import GpuSnapshot
+from exq.queue.jobspec import Resources
 from exq.queue.outcome import Outcome
 from exq.queue.placement import (
     DEFAULT_FOREIGN_THRESHOLD,
@@ -44,7 +45,7 @@ from exq.queue.state import (
     job_key,
 )
 from exq.queue.store import Store
-from exq.queue.workers import LaunchRequest, RunRecord, Worker
+from exq.queue.workers import AttemptReport, LaunchRequest, RunRecord, Worker
 
 log = logging.getLogger("exq.scheduler")
 LOCAL_HOST = "local"
@@ -90,6 +91,7 @@ class Scheduler:
         self._draining = False
         self._dirty = True
         self._next_ready_at: float | None = None
+        self._pending: list[Event] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Scheduler:
     async def run(self, until: Callable[[QueueState], bool] | None = None) -> None:
         """Run until drained, or until `until(state)` holds after a turn (the `exq run` mode)."""
         self._wake = asyncio.Event()
+        intake.clean_stale_replies(self.store.paths)
         self._set_daemon_info()
         await self._refresh_probes(force=True)
         await self._recover()
@@ -137,6 +140,7 @@ class Scheduler:
         await self._settle()
         if not self.store.state.paused and not self._draining:
             await self._place()
+        self._flush()
         self.store.snapshot()
 
     async def _sleep(self) -> None:
@@ -149,10 +153,20 @@ class Scheduler:
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, timeout))
         self._wake.clear()
 
-    def _commit(self, events: list[Event]) -> None:
-        if events:
+    def _emit(self, event: Event) -> None:
+        """Queue an event for the next `_flush` (one journal fsync for the batch)."""
+        self._pending.append(event)
+
+    def _flush(self) -> None:
+        """Make the queued events durable, then apply them. Nothing they cause happens before this."""
+        if self._pending:
+            events, self._pending = self._pending, []
             self.store.commit(events)
             self._dirty = True
+
+    def _commit(self, events: list[Event]) -> None:
+        self._pending.extend(events)
+        self._flush()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -171,12 +185,25 @@ class Scheduler:
     def _ingest(self) -> None:
         """Turn intake files into Submitted events, then remove the files."""
         for path, item in intake.pending_intakes(self.store.paths):
-            if item.id not in self.store.ledger.submissions:
-                spec = item.spec
-                sub = intake_submission(item)
-                self._commit([Submitted(at=item.submitted_at, submission=sub, jobs=spec.jobs)])
-                log.info("submission %s (%s): %d jobs", sub.id, sub.name, len(spec.jobs))
+            sub = intake_submission(item)
+            existing = self._submission(sub.id)
+            if existing is not None and (existing.submitted_at, existing.name) == (sub.submitted_at, sub.name):
+                path.unlink(missing_ok=True)  # ingested before a crash removed the file
+                continue
+            if existing is not None:
+                # The number was handed out twice (e.g. intake/.counter was lost): keep both.
+                number = 1 + max(int(s.id) for s in self.store.state.submissions if s.id.isdigit())
+                intake.raise_counter(self.store.paths, number)
+                log.warning("submission number %s was already taken; ingesting it as %d", sub.id, number)
+                sub = sub.model_copy(update={"id": str(number)})
+            self._commit([Submitted(at=item.submitted_at, submission=sub, jobs=item.spec.jobs)])
+            log.info("submission %s (%s): %d jobs", sub.id, sub.name, len(item.spec.jobs))
             path.unlink(missing_ok=True)
+
+    def _submission(self, sub_id: str) -> Submission | None:
+        if sub_id not in self.store.ledger.submissions:
+            return None
+        return next(s for s in self.store.state.submissions if s.id == sub_id)
 
     async def _handle_control(self) -> None:
         for path, req in intake.pending_requests(self.store.paths):
@@ -191,28 +218,36 @@ class Scheduler:
             intake.reply(path, intake.ControlReply(ok=True, message=plan.message, affected=plan.affected))
 
     async def _handle_finished(self) -> None:
+        """Classify every attempt that ended, decide each job's next step, commit them together."""
         finished, self._finished = self._finished, []
-        for key, number in finished:
+        jobs = []
+        for key, number in dict.fromkeys(finished):
             job = self.store.ledger.jobs.get(key)
-            if job is None or job.status != JobStatus.RUNNING or len(job.attempts) != number:
-                continue
-            await self._finish_attempt(job)
+            if job is not None and job.status == JobStatus.RUNNING and len(job.attempts) == number:
+                jobs.append(job)
+        reports = await asyncio.gather(*(self._report(job) for job in jobs))
+        for job, report in zip(jobs, reports, strict=True):
+            self._finish_attempt(job, report)
+        self._flush()
 
-    async def _finish_attempt(self, job: Job) -> None:
+    async def _report(self, job: Job) -> AttemptReport:
         attempt = job.attempts[-1]
         worker = self.workers[attempt.host]
-        report = await worker.report(attempt.dir, job.spec.workdir, _result_file(attempt), job.spec.outputs)
+        return await worker.report(attempt.dir, job.spec.workdir, _result_file(attempt), job.spec.outputs)
+
+    def _finish_attempt(self, job: Job, report: AttemptReport) -> None:
+        attempt = job.attempts[-1]
         record = report.record
         timed_out = job.key in self._timed_out or _ran_past_timeout(job, record)
         outcome, reason = classify(report, timed_out=timed_out, cancelled=job.cancel_requested)
         now = time.time()
         step = next_step(job, outcome, reason, now)
-        self._commit([Ended(
+        self._emit(Ended(
             at=now, key=job.key, number=attempt.number, ended_at=record.ended_at or now,
             exit_code=record.exit_code, signal=record.signal, outcome=outcome, reason=reason,
             job_reason=step.reason, result=report.result, status=step.status, not_before=step.not_before,
             retry_kind=step.retry_kind, params=step.params, cmd=step.cmd,
-        )])
+        ))
         log.info("%s attempt %d: %s -> %s", job.key, attempt.number, reason, step.status)
         self._timed_out.discard(job.key)
         if outcome == Outcome.OOM:
@@ -231,8 +266,8 @@ class Scheduler:
         changed = True
         while changed:
             changed = False
-            for job in self.store.state.jobs:
-                if job.status != JobStatus.QUEUED or job.key in blocked:
+            for job in self.store.ledger.queued.values():
+                if job.key in blocked or not job.deps:
                     continue
                 for dep in job.deps:
                     dep_key = job_key(job.submission, dep)
@@ -302,36 +337,43 @@ class Scheduler:
         await self._refresh_probes()
         launches: list[tuple[Job, Placement]] = []
         cpu_jobs = sum(1 for r in self._reservations.values() if not r.gpus)
+        loads = gpu_loads(self._snapshots, self._reservations.values())
+        unfit: dict[Resources, str] = {}
         for job in ready:
             res = job.spec.resources
+            avoid = self._avoid.get(job.key, frozenset())
+            if res in unfit and not avoid:
+                self._note(job, unfit[res])
+                continue
+            placement: Placement | None = None
             if res.gpus == 0:
-                if cpu_jobs >= self.config.max_cpu_jobs:
-                    continue
-                cpu_jobs += 1
-                placement: Placement | None = Placement(LOCAL_HOST, (), ())
+                if cpu_jobs < self.config.max_cpu_jobs:
+                    cpu_jobs += 1
+                    placement = Placement(LOCAL_HOST, (), ())
             else:
-                loads = gpu_loads(self._snapshots, self._reservations.values())
-                placement = place(res, loads, foreign_threshold=self.config.foreign_threshold,
-                                  avoid=self._avoid.get(job.key, frozenset()))
+                placement = place(res, loads, foreign_threshold=self.config.foreign_threshold, avoid=avoid)
             if placement is None:
-                self._note(job, why_waiting(res, loads, self.config.foreign_threshold) if res.gpus
-                           else "waiting for a CPU job slot")
+                unfit[res] = unfit.get(res) or (
+                    why_waiting(res, loads, self.config.foreign_threshold) if res.gpus
+                    else "waiting for a CPU job slot")
+                self._note(job, unfit[res])
                 continue
             self._reservations[job.key] = Reservation(
                 job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
             launches.append((job, placement))
+            if placement.gpus:
+                loads = gpu_loads(self._snapshots, self._reservations.values())
         if launches:
             self._commit([Launched(at=now, key=job.key, attempt=self._new_attempt(job, p, now))
                           for job, p in launches])
             await asyncio.gather(*(self._start(job) for job, _ in launches))
+            self._flush()
 
     def _ready_jobs(self, now: float) -> list[Job]:
         jobs = self.store.ledger.jobs
         ready = []
         self._next_ready_at = None
-        for job in self.store.state.jobs:
-            if job.status != JobStatus.QUEUED:
-                continue
+        for job in self.store.ledger.queued.values():
             pending = sum(jobs[job_key(job.submission, d)].status != JobStatus.SUCCEEDED for d in job.deps)
             if pending:
                 self._note(job, f"waiting for {pending} upstream job(s)")
@@ -372,11 +414,11 @@ class Scheduler:
             log.error("%s: launch failed: %s", job.key, exc)
             self._reservations.pop(job.key, None)
             step = next_step(job, Outcome.FAILED, f"launch failed: {exc}", time.time())
-            self._commit([Ended(
+            self._emit(Ended(
                 at=time.time(), key=job.key, number=attempt.number, ended_at=time.time(), exit_code=None,
                 signal=None, outcome=Outcome.FAILED, reason=f"launch failed: {exc}", status=step.status,
                 not_before=step.not_before, retry_kind=step.retry_kind,
-            )])
+            ))
             return
         self._attach(job, record)
 
@@ -384,8 +426,8 @@ class Scheduler:
         """Record the runner's pid and follow the attempt until it ends."""
         attempt = job.attempts[-1]
         if attempt.pid != record.pgid or attempt.started_at != record.started_at:
-            self._commit([Started(at=time.time(), key=job.key, number=attempt.number,
-                                  pid=record.pgid, started_at=record.started_at)])
+            self._emit(Started(at=time.time(), key=job.key, number=attempt.number,
+                               pid=record.pgid, started_at=record.started_at))
         reservation = self._reservations.get(job.key)
         if reservation is not None:
             reservation.pgid = record.pgid
@@ -474,6 +516,7 @@ class Scheduler:
                 self._attach(job, record)
             log.info("%s attempt %d: %s", job.key, attempt.number,
                      "re-attached" if record.alive else "ended while exq was down")
+        self._flush()
 
     async def _await_claim(self, worker: Worker, attempt_dir: str, wait: float = 5.0) -> RunRecord:
         """The attempt's record once the runner wrote its pid; a tombstone if it never claimed it."""

@@ -14,8 +14,8 @@ line (crash mid-append) is dropped; it was never acknowledged.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,7 +32,10 @@ from exq.queue.state import STATE_VERSION, QueueState
 SNAPSHOT = "queue_state.json"
 JOURNAL = "journal.jsonl"
 LOCK = "daemon.lock"
-COMPACT_JOURNAL_BYTES = 32 * 1024 * 1024
+COMPACT_JOURNAL_BYTES = 1024 * 1024
+"""After a snapshot, a journal larger than this is emptied (the snapshot covers all of it)."""
+LOCK_WAIT = 2.0
+"""Seconds a new writer waits for the lock (a reader's `daemon_running` check holds it for an instant)."""
 
 
 def default_state_dir() -> Path:
@@ -68,11 +71,26 @@ class StatePaths:
 
 
 def read_state(paths: StatePaths) -> QueueState:
-    """The current state for a reader: the snapshot plus any newer journal events. Takes no lock."""
+    """The current state for a reader: the snapshot plus any newer journal events. Takes no lock.
+
+    The journal is read before the snapshot: the writer empties the journal only after a snapshot
+    covering it is in place, so a snapshot read later covers whatever the journal read missed.
+    """
+    journal = _read_bytes(paths.journal)
     ledger = Ledger(_load_snapshot(paths.snapshot))
-    for event in _read_journal(paths.journal, after=ledger.state.seq, strict=False):
-        ledger.apply(event)
+    for event, _ in _scan_journal(journal, paths.journal, after=ledger.state.seq, strict=False):
+        if event is not None:
+            ledger.apply(event)
     return ledger.state
+
+
+def snapshot_is_current(paths: StatePaths) -> bool:
+    """Whether queue_state.json already holds every journaled event (readers may use it as it is)."""
+    journal = _read_bytes(paths.journal)
+    seq = _snapshot_seq(_read_bytes(paths.snapshot, 200))
+    if seq is None:
+        return False
+    return all(event is None for event, _ in _scan_journal(journal, paths.journal, seq, strict=False))
 
 
 def daemon_running(paths: StatePaths) -> bool:
@@ -104,7 +122,7 @@ class Store:
     def open(self) -> Store:
         """Take the writer lock and recover the state (snapshot + journal replay)."""
         try:
-            self._lock.acquire(timeout=0)
+            self._lock.acquire(timeout=LOCK_WAIT)
         except Timeout:
             raise DaemonRunningError(
                 f"another exq daemon (or `exq run`) is using {self.paths.root}; stop it first"
@@ -112,9 +130,10 @@ class Store:
         try:
             self.ledger = Ledger(_load_snapshot(self.paths.snapshot))
             valid_bytes = 0
-            for event, end in _scan_journal(self.paths.journal, strict=True):
+            journal = _read_bytes(self.paths.journal)
+            for event, end in _scan_journal(journal, self.paths.journal, self.ledger.state.seq, strict=True):
                 valid_bytes = end
-                if event.seq > self.ledger.state.seq:
+                if event is not None:
                     self.ledger.apply(event)
             self._open_journal(truncate_at=valid_bytes)
         except BaseException:
@@ -123,7 +142,7 @@ class Store:
         return self
 
     def close(self) -> None:
-        """Write a final snapshot and release the lock."""
+        """Write a final snapshot (if anything changed since the last) and release the lock."""
         if self._journal is not None:
             self.snapshot(force=True)
             os.close(self._journal)
@@ -155,9 +174,9 @@ class Store:
         return numbered
 
     def snapshot(self, force: bool = False) -> bool:
-        """Write queue_state.json if it changed and the rate bound allows (always when forced)."""
+        """Write queue_state.json if it changed and the rate bound allows (`force`: whatever the rate)."""
         now = time.monotonic()
-        if not force and (not self._dirty or now - self._last_snapshot < self._interval):
+        if not self._dirty or (not force and now - self._last_snapshot < self._interval):
             return False
         started = time.monotonic()
         self.ledger.state.updated_at = time.time()
@@ -204,31 +223,53 @@ def _load_snapshot(path: Path) -> QueueState:
         data = path.read_bytes()
     except FileNotFoundError:
         return QueueState()
+    version = _VERSION_RE.match(data[:200])
+    if version is None or int(version.group(1)) != STATE_VERSION:
+        found = version.group(1).decode() if version else "unknown"
+        raise StateError(f"{path}: state version {found}, this exq reads version {STATE_VERSION}")
     try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise StateError(f"{path}: not valid JSON ({exc})") from None
-    version = raw.get("version") if isinstance(raw, dict) else None
-    if version != STATE_VERSION:
-        raise StateError(f"{path}: state version {version!r}, this exq reads version {STATE_VERSION}")
-    try:
-        return QueueState.model_validate(raw)
+        return QueueState.model_validate_json(data)
     except ValidationError as exc:
-        raise StateError(f"{path}: does not match the state schema: {exc}") from None
+        raise StateError(f"{path}: not a valid state file: {exc}") from None
 
 
-def _scan_journal(path: Path, strict: bool) -> Iterable[tuple[Event, int]]:
-    """Yield (event, byte offset after it). A torn or unparsable last line ends the scan."""
+_VERSION_RE = re.compile(rb'\s*\{\s*"version"\s*:\s*(\d+)')
+_SEQ_RE = re.compile(rb'\s*\{\s*"seq"\s*:\s*(\d+)')
+_SNAPSHOT_SEQ_RE = re.compile(rb'"seq"\s*:\s*(\d+)')
+
+
+def _read_bytes(path: Path, limit: int = -1) -> bytes:
+    """The file's bytes (the first `limit` when given); empty when it does not exist."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            return handle.read(limit)
     except FileNotFoundError:
-        return
+        return b""
+
+
+def _snapshot_seq(head: bytes) -> int | None:
+    match = _SNAPSHOT_SEQ_RE.search(head)
+    return int(match.group(1)) if match else None
+
+
+def _scan_journal(data: bytes, path: Path, after: int, strict: bool) -> Iterable[tuple[Event | None, int]]:
+    """Yield (event, byte offset after it) for each line; the event is None when its seq <= `after`.
+
+    Events are written with `seq` first, so lines the snapshot covers are skipped without parsing.
+    A torn or unparsable last line ends the scan; an unparsable line before it is an error when strict.
+    `path` names the journal in messages.
+    """
     offset = 0
     while offset < len(data):
         newline = data.find(b"\n", offset)
         if newline < 0:
             return  # torn final line
         line = data[offset:newline]
+        seq = _SEQ_RE.match(line)
+        if seq is not None and int(seq.group(1)) <= after:
+            offset = newline + 1
+            yield None, offset
+            continue
         try:
             event = EVENT_ADAPTER.validate_json(line)
         except ValidationError as exc:
@@ -237,9 +278,3 @@ def _scan_journal(path: Path, strict: bool) -> Iterable[tuple[Event, int]]:
             raise StateError(f"{path}: corrupt event at byte {offset}: {exc}") from None
         offset = newline + 1
         yield event, offset
-
-
-def _read_journal(path: Path, after: int, strict: bool) -> Iterable[Event]:
-    for event, _ in _scan_journal(path, strict):
-        if event.seq > after:
-            yield event
