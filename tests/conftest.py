@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sshhosts import ssh_hosts  # noqa: F401  (a fixture: real sshd servers as GPU hosts)
 
 EXQ = [sys.executable, "-m", "exq"]
 
