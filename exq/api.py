@@ -105,7 +105,8 @@ async def _apply_offline(paths: StatePaths) -> None:
 
 
 def local_workers(paths: StatePaths) -> dict[str, Worker]:
-    return {LOCAL_HOST: LocalWorker(name=LOCAL_HOST, probe=select_probe(scope=str(paths.root)))}
+    probe = select_probe(scope=str(paths.root))
+    return {LOCAL_HOST: LocalWorker(name=LOCAL_HOST, probe=probe, jobs_root=paths.jobs)}
 
 
 def probe_gpus(paths: StatePaths) -> GpuSnapshot:

@@ -37,8 +37,8 @@ def run(make: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
 
 
 @pytest.fixture
-def worker() -> LocalWorker:
-    return LocalWorker(probe=SimulatedProbe("2x24GiB"), cleanup_grace=GRACE)
+def worker(tmp_path: Path) -> LocalWorker:
+    return LocalWorker(probe=SimulatedProbe("2x24GiB"), jobs_root=tmp_path / "jobs", cleanup_grace=GRACE)
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_reattach_with_a_new_worker(worker: LocalWorker, tmp_path: Path) -> None
 
     async def go() -> tuple[RunRecord, RunRecord]:
         await worker.launch(req)
-        other = LocalWorker(probe=SimulatedProbe("1x1GiB"))
+        other = LocalWorker(probe=SimulatedProbe("1x1GiB"), jobs_root=tmp_path / "jobs")
         during = await other.read(req.attempt_dir)
         return during, await other.wait(req.attempt_dir)
 
@@ -332,7 +332,7 @@ def test_runner_survives_its_parent(tmp_path: Path, pgids: list[int]) -> None:
         from exq.queue.workers.local import LocalWorker
 
         async def main():
-            worker = LocalWorker(probe=SimulatedProbe("1x1GiB"), cleanup_grace=0.5)
+            worker = LocalWorker(probe=SimulatedProbe("1x1GiB"), jobs_root={str(tmp_path)!r}, cleanup_grace=0.5)
             cmd = "sleep 1; echo done > marker; exit 4"
             req = LaunchRequest({str(tmp_path / "att")!r}, cmd, {str(tmp_path)!r}, {{}})
             record = await worker.launch(req)
@@ -350,7 +350,8 @@ def test_runner_survives_its_parent(tmp_path: Path, pgids: list[int]) -> None:
             parent.kill()  # SIGKILL: the daemon dies without any cleanup
             parent.wait(timeout=5)
     assert not (tmp_path / "marker").exists()
-    record = run(lambda: LocalWorker(probe=SimulatedProbe("1x1GiB")).wait(str(tmp_path / "att")))
+    reattached = LocalWorker(probe=SimulatedProbe("1x1GiB"), jobs_root=tmp_path / "jobs")
+    record = run(lambda: reattached.wait(str(tmp_path / "att")))
     assert record.exit_code == 4 and not record.alive
     assert (tmp_path / "marker").read_text() == "done\n"
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import posixpath
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -394,10 +395,10 @@ class Scheduler:
 
     def _new_attempt(self, job: Job, placement: Placement, now: float) -> Attempt:
         number = len(job.attempts) + 1
-        attempt_dir = self.store.paths.attempt_dir(job.submission, job.id, number)
+        attempt_dir = self.workers[placement.host].attempt_dir(job.submission, job.id, number)
         return Attempt(
             number=number, host=placement.host, gpus=list(placement.gpus), gpu_uuids=list(placement.uuids),
-            params=dict(job.params), cmd=job.cmd, dir=str(attempt_dir), log=str(attempt_dir / "log"),
+            params=dict(job.params), cmd=job.cmd, dir=attempt_dir, log=posixpath.join(attempt_dir, "log"),
             launched_at=now,
         )
 
@@ -541,7 +542,7 @@ def intake_submission(item: intake.Intake) -> Submission:
 
 
 def _result_file(attempt: Attempt) -> str:
-    return os.path.join(attempt.dir, "result.json")
+    return posixpath.join(attempt.dir, "result.json")
 
 
 def _ran_past_timeout(job: Job, record: RunRecord) -> bool:

@@ -66,9 +66,6 @@ class StatePaths:
     def daemon_lock(self) -> FileLock:
         return FileLock(str(self.lock), mode=PRIVATE_FILE)
 
-    def attempt_dir(self, submission: str, job_id: str, number: int) -> Path:
-        return self.jobs / submission / job_id / str(number)
-
 
 def read_state(paths: StatePaths) -> QueueState:
     """The current state for a reader: the snapshot plus any newer journal events. Takes no lock.

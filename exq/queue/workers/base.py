@@ -76,6 +76,10 @@ class Worker(Protocol):
 
     name: str
 
+    def attempt_dir(self, submission: str, job_id: str, number: int) -> str:
+        """Where attempt `number` of a job lives on this worker's host (absolute path there)."""
+        ...
+
     async def probe(self) -> GpuSnapshot:
         """The host's GPUs now, with each GPU process's pgid where it can be read."""
         ...

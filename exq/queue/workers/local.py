@@ -184,6 +184,7 @@ class LocalWorker:
         probe: GpuProbe | None = None,
         runner_path: str | Path = RUNNER_PATH,
         *,
+        jobs_root: str | Path,
         cleanup_grace: float = 10.0,
     ) -> None:
         if probe is None:
@@ -193,9 +194,14 @@ class LocalWorker:
         self.name = name
         self._probe = probe
         self.runner_path = os.path.abspath(runner_path)
+        self.jobs_root = os.path.abspath(jobs_root)
+        """Attempt directories live under jobs_root/<submission>/<job>/<attempt>."""
         self.cleanup_grace = cleanup_grace
         """Seconds the runner waits between SIGTERM and SIGKILL for leftovers of an ended job."""
         self._children: dict[str, _Child] = {}
+
+    def attempt_dir(self, submission: str, job_id: str, number: int) -> str:
+        return os.path.join(self.jobs_root, submission, job_id, str(number))
 
     async def probe(self) -> GpuSnapshot:
         return await asyncio.to_thread(self._probe.snapshot)
