@@ -19,6 +19,7 @@ from exq.units import format_duration, format_size
 STATUS_STYLE = {
     JobStatus.QUEUED: "cyan", JobStatus.RUNNING: "bold yellow", JobStatus.SUCCEEDED: "green",
     JobStatus.FAILED: "bold red", JobStatus.BLOCKED: "magenta", JobStatus.CANCELLED: "dim",
+    JobStatus.UNKNOWN: "bold magenta",
 }
 _ORDER = list(JobStatus)
 
@@ -127,5 +128,5 @@ def _title(view: StatusView) -> str:
 
 
 def _job_sort(job: Job) -> tuple[int, int]:
-    rank = {JobStatus.RUNNING: 0, JobStatus.FAILED: 1, JobStatus.BLOCKED: 2, JobStatus.QUEUED: 3}
+    rank = {JobStatus.RUNNING: 0, JobStatus.UNKNOWN: 0, JobStatus.FAILED: 1, JobStatus.BLOCKED: 2, JobStatus.QUEUED: 3}
     return rank.get(job.status, 4), job.order

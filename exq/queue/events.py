@@ -60,7 +60,7 @@ class Ended(_Event):
     result: dict[str, Any] | None = None
     status: JobStatus
     not_before: float | None = None
-    retry_kind: Literal["oom", "failure"] | None = None
+    retry_kind: Literal["oom", "failure", "lost"] | None = None
     params: dict[str, Scalar] | None = None
     cmd: str | None = None
 
@@ -85,13 +85,29 @@ class Reset(_Event):
     keys: list[str]
 
 
+class HostDown(_Event):
+    """The host of these running jobs stopped answering: their status is unknown."""
+
+    type: Literal["host_down"] = "host_down"
+    host: str
+    keys: list[str]
+
+
+class HostUp(_Event):
+    """The host answers again and these jobs still run there: re-attached."""
+
+    type: Literal["host_up"] = "host_up"
+    host: str
+    keys: list[str]
+
+
 class PausedSet(_Event):
     type: Literal["paused"] = "paused"
     paused: bool
 
 
 Event = Annotated[
-    Submitted | Launched | Started | Ended | Blocked | CancelRequested | Reset | PausedSet,
+    Submitted | Launched | Started | Ended | Blocked | CancelRequested | Reset | HostDown | HostUp | PausedSet,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -48,6 +48,7 @@ class FailureRetry(_Frozen):
 class RetryPolicy(_Frozen):
     oom: OomRetry = OomRetry()
     failure: FailureRetry = FailureRetry()
+    lost: FailureRetry = Field(FailureRetry(max=3), description="Retries after the job's host was lost.")
 
 
 class OomScale(_Frozen):
@@ -80,6 +81,7 @@ class JobSpec(_Frozen):
     oom_scale: OomScale | None = None
     outputs: list[str] = Field(default_factory=list, description="Globs, relative to workdir, required after exit 0.")
     priority: int = 0
+    hosts: list[str] | None = Field(None, description="Hosts the job may run on (default: any).")
 
 
 class SubmissionSpec(_Frozen):

@@ -7,6 +7,8 @@ from exq.queue.events import (
     CancelRequested,
     Ended,
     Event,
+    HostDown,
+    HostUp,
     Launched,
     PausedSet,
     Reset,
@@ -37,29 +39,41 @@ class Ledger:
             case Submitted():
                 self._submitted(event)
             case Launched():
-                job = self.jobs[event.key]
-                self._set_status(job, JobStatus.RUNNING)
-                job.attempts.append(event.attempt)
-                job.host, job.gpus = event.attempt.host, list(event.attempt.gpus)
-                job.params, job.cmd = dict(event.attempt.params), event.attempt.cmd
-                job.log, job.reason, job.not_before = event.attempt.log, None, None
+                self._launched(event)
             case Started():
                 attempt = self.jobs[event.key].attempts[event.number - 1]
                 attempt.pid, attempt.started_at = event.pid, event.started_at
             case Ended():
                 self._ended(event)
             case Blocked():
-                for key in event.keys:
-                    job = self.jobs[key]
-                    self._set_status(job, JobStatus.BLOCKED)
-                    job.reason, job.finished_at = event.reason, event.at
+                self._mark(event.keys, JobStatus.BLOCKED, event.reason, finished_at=event.at)
             case CancelRequested():
                 self._cancel_requested(event)
             case Reset():
                 for key in event.keys:
                     self._reset(self.jobs[key])
+            case HostDown():
+                self._mark(event.keys, JobStatus.UNKNOWN, f"host {event.host} is not answering")
+            case HostUp():
+                self._mark(event.keys, JobStatus.RUNNING, None)
             case PausedSet():
                 self.state.paused = event.paused
+
+    def _mark(self, keys: list[str], status: JobStatus, reason: str | None, finished_at: float | None = None) -> None:
+        for key in keys:
+            job = self.jobs[key]
+            self._set_status(job, status)
+            job.reason = reason
+            if finished_at is not None:
+                job.finished_at = finished_at
+
+    def _launched(self, event: Launched) -> None:
+        job = self.jobs[event.key]
+        self._set_status(job, JobStatus.RUNNING)
+        job.attempts.append(event.attempt)
+        job.host, job.gpus = event.attempt.host, list(event.attempt.gpus)
+        job.params, job.cmd = dict(event.attempt.params), event.attempt.cmd
+        job.log, job.reason, job.not_before = event.attempt.log, None, None
 
     def _submitted(self, event: Submitted) -> None:
         self.state.submissions.append(event.submission)
@@ -96,6 +110,8 @@ class Ledger:
             job.oom_retries += 1
         elif event.retry_kind == "failure":
             job.failure_retries += 1
+        elif event.retry_kind == "lost":
+            job.lost_retries += 1
         if event.params is not None and event.cmd is not None:
             job.params, job.cmd = dict(event.params), event.cmd
         if event.status.finished:
@@ -104,7 +120,7 @@ class Ledger:
     def _cancel_requested(self, event: CancelRequested) -> None:
         for key in event.keys:
             job = self.jobs[key]
-            if job.status == JobStatus.RUNNING:
+            if job.status in (JobStatus.RUNNING, JobStatus.UNKNOWN):
                 job.cancel_requested = True
             elif not job.status.finished or job.status == JobStatus.BLOCKED:
                 self._set_status(job, JobStatus.CANCELLED)
@@ -120,7 +136,7 @@ class Ledger:
     def _reset(self, job: Job) -> None:
         self._set_status(job, JobStatus.QUEUED)
         job.reason, job.not_before, job.finished_at = None, None, None
-        job.oom_retries = job.failure_retries = 0
+        job.oom_retries = job.failure_retries = job.lost_retries = 0
         job.cancel_requested = False
         job.params, job.cmd = dict(job.spec.params), job.spec.cmd
 

@@ -105,6 +105,7 @@ class FailureRetryModel(_Model):
 class RetryModel(_Model):
     oom: OomRetryModel = OomRetryModel()
     failure: FailureRetryModel = FailureRetryModel()
+    lost: FailureRetryModel = FailureRetryModel(max=3)
 
 
 class ScaleModel(_Model):
@@ -131,6 +132,7 @@ class SettingsModel(_Model):
     outputs: Names = []
     env: dict[Str, EnvValue] = {}
     setup: Str | None = None
+    hosts: Names | None = None
 
 
 class GridModel(_Model):
@@ -314,10 +316,12 @@ class _PhaseBuilder:
             workdir=self.ctx.workdir, env=s.get("env", {}), setup=s.get("setup"),
             resources=Resources(**{k: s[k] for k in _RESOURCES if k in s}),
             retry=RetryPolicy(oom=OomRetry(**retry.get("oom", {})),
-                              failure=FailureRetry(**retry.get("failure", {}))),
+                              failure=FailureRetry(**retry.get("failure", {})),
+                              lost=FailureRetry(**{"max": 3, **retry.get("lost", {})})),
             oom_scale=OomScale(**s["on_oom"]["scale"]) if s.get("on_oom") else None,
             outputs=[render(glob, values, quote=False) for glob in s.get("outputs", [])],
             priority=s.get("priority", 0),
+            hosts=s.get("hosts"),
         )
 
     def check_scale(self, jobs: list[JobSpec]) -> None:

@@ -16,7 +16,7 @@ class NextStep:
     status: JobStatus
     reason: str
     not_before: float | None = None
-    retry_kind: Literal["oom", "failure"] | None = None
+    retry_kind: Literal["oom", "failure", "lost"] | None = None
     params: dict[str, Scalar] | None = None
     cmd: str | None = None
 
@@ -34,10 +34,12 @@ def next_step(job: Job, outcome: Outcome, reason: str, now: float) -> NextStep:
         delay = policy.oom.delay(job.oom_retries + 1)
         params, cmd = _scaled(job)
         return NextStep(JobStatus.QUEUED, reason, now + delay, "oom", params, cmd)
-    if job.failure_retries >= policy.failure.max:
-        suffix = f" (after {job.failure_retries} retries)" if job.failure_retries else ""
+    kind: Literal["failure", "lost"] = "lost" if outcome == Outcome.LOST else "failure"
+    done, rule = (job.lost_retries, policy.lost) if kind == "lost" else (job.failure_retries, policy.failure)
+    if done >= rule.max:
+        suffix = f" (after {done} retries)" if done else ""
         return NextStep(JobStatus.FAILED, reason + suffix)
-    return NextStep(JobStatus.QUEUED, reason, now + policy.failure.backoff, "failure")
+    return NextStep(JobStatus.QUEUED, reason, now + rule.backoff, kind)
 
 
 def _scaled(job: Job) -> tuple[dict[str, Scalar] | None, str | None]:

@@ -18,11 +18,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from exq.errors import ExqError
+from exq.errors import ExqError, WorkerError
 from exq.queue import control, intake
 from exq.queue.classify import classify
-from exq.queue.events import Blocked, Ended, Event, Launched, Started, Submitted
+from exq.queue.events import Blocked, Ended, Event, HostDown, HostUp, Launched, Started, Submitted
 from exq.queue.gpus import GpuSnapshot
+from exq.queue.hosts import Change, HostHealth, HostTracker
 from exq.queue.jobspec import Resources
 from exq.queue.outcome import Outcome
 from exq.queue.placement import (
@@ -66,6 +67,10 @@ class SchedulerConfig:
     kill_grace: float = 10.0
     intake_poll: float = 0.1
     max_cpu_jobs: int = field(default_factory=_default_cpu_slots)
+    lost_timeout: float = 300.0
+    """How long a host may not answer before its running jobs count as lost and are requeued."""
+    lost_timeouts: dict[str, float] = field(default_factory=dict)
+    """Per-host overrides of lost_timeout."""
 
 
 class Scheduler:
@@ -93,6 +98,8 @@ class Scheduler:
         self._dirty = True
         self._next_ready_at: float | None = None
         self._pending: list[Event] = []
+        self._hosts = HostTracker(self.config.lost_timeouts, self.config.lost_timeout)
+        self._probed_at: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,6 +116,9 @@ class Scheduler:
         self._set_daemon_info()
         await self._refresh_probes(force=True)
         await self._recover()
+        for host in self.workers:
+            if self._hosts.is_up(host):
+                await self._kill_superseded(host)
         try:
             while not self._draining:
                 await self._turn()
@@ -138,6 +148,7 @@ class Scheduler:
         await self._handle_finished()
         self._block_dependants()
         self._check_timeouts()
+        self._check_lost_hosts()
         await self._settle()
         if not self.store.state.paused and not self._draining:
             await self._place()
@@ -226,9 +237,15 @@ class Scheduler:
             job = self.store.ledger.jobs.get(key)
             if job is not None and job.status == JobStatus.RUNNING and len(job.attempts) == number:
                 jobs.append(job)
-        reports = await asyncio.gather(*(self._report(job) for job in jobs))
+        reports = await asyncio.gather(*(self._report(job) for job in jobs), return_exceptions=True)
         for job, report in zip(jobs, reports, strict=True):
-            self._finish_attempt(job, report)
+            if isinstance(report, ExqError):  # its host stopped answering: try again on a later turn
+                log.warning("%s: cannot read how it ended: %s", job.key, report)
+                self._finished.append((job.key, len(job.attempts)))
+            elif isinstance(report, BaseException):
+                raise report
+            else:
+                self._finish_attempt(job, report)
         self._flush()
 
     async def _report(self, job: Job) -> AttemptReport:
@@ -305,8 +322,7 @@ class Scheduler:
         now = time.time()
         gone: list[Reservation] = []
         for res in settling:
-            worker = self.workers[res.host]
-            if not res.gpus or res.pgid is None or not await worker.group_alive(res.pgid):
+            if not res.gpus or res.pgid is None or not await self._group_alive(res):
                 gone.append(res)
             elif now - res.settling_since > self.config.settle_timeout:  # type: ignore[operator]
                 log.warning("%s: processes still alive after %.0fs; GPU memory now counts as foreign",
@@ -321,6 +337,13 @@ class Scheduler:
             )
             if not on_gpu or now - res.settling_since > self.config.settle_timeout:  # type: ignore[operator]
                 self._release(res)
+
+    async def _group_alive(self, res: Reservation) -> bool:
+        assert res.pgid is not None
+        try:
+            return await self.workers[res.host].group_alive(res.pgid)
+        except ExqError:
+            return True  # cannot tell: keep the GPU until the settle timeout
 
     def _release(self, res: Reservation) -> None:
         self._reservations.pop(res.key, None)
@@ -339,25 +362,30 @@ class Scheduler:
         launches: list[tuple[Job, Placement]] = []
         cpu_jobs = sum(1 for r in self._reservations.values() if not r.gpus)
         loads = gpu_loads(self._snapshots, self._reservations.values())
-        unfit: dict[Resources, str] = {}
+        unfit: dict[tuple[Resources, tuple[str, ...] | None], str] = {}
         for job in ready:
             res = job.spec.resources
+            hosts = tuple(job.spec.hosts) if job.spec.hosts is not None else None
+            shape = (res, hosts)
             avoid = self._avoid.get(job.key, frozenset())
-            if res in unfit and not avoid:
-                self._note(job, unfit[res])
+            if shape in unfit and not avoid:
+                self._note(job, unfit[shape])
                 continue
             placement: Placement | None = None
             if res.gpus == 0:
-                if cpu_jobs < self.config.max_cpu_jobs:
+                host = self._cpu_host(hosts)
+                if host is not None and cpu_jobs < self.config.max_cpu_jobs:
                     cpu_jobs += 1
-                    placement = Placement(LOCAL_HOST, (), ())
+                    placement = Placement(host, (), ())
             else:
-                placement = place(res, loads, foreign_threshold=self.config.foreign_threshold, avoid=avoid)
+                placement = place(res, loads, foreign_threshold=self.config.foreign_threshold,
+                                  hosts=hosts, avoid=avoid)
             if placement is None:
-                unfit[res] = unfit.get(res) or (
-                    why_waiting(res, loads, self.config.foreign_threshold) if res.gpus
-                    else "waiting for a CPU job slot")
-                self._note(job, unfit[res])
+                allowed = [ld for ld in loads if hosts is None or ld.host in hosts]
+                unfit[shape] = unfit.get(shape) or (
+                    why_waiting(res, allowed, self.config.foreign_threshold) if res.gpus
+                    else "waiting for a CPU job slot on an answering host")
+                self._note(job, unfit[shape])
                 continue
             self._reservations[job.key] = Reservation(
                 job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
@@ -369,6 +397,11 @@ class Scheduler:
                           for job, p in launches])
             await asyncio.gather(*(self._start(job) for job, _ in launches))
             self._flush()
+
+    def _cpu_host(self, hosts: tuple[str, ...] | None) -> str | None:
+        """Where a CPU-only job runs: this machine when allowed, else the first answering allowed host."""
+        candidates = [h for h in self.workers if (hosts is None or h in hosts) and self._hosts.is_up(h)]
+        return LOCAL_HOST if LOCAL_HOST in candidates else next(iter(candidates), None)
 
     def _ready_jobs(self, now: float) -> list[Job]:
         jobs = self.store.ledger.jobs
@@ -414,12 +447,10 @@ class Scheduler:
         except ExqError as exc:
             log.error("%s: launch failed: %s", job.key, exc)
             self._reservations.pop(job.key, None)
-            step = next_step(job, Outcome.FAILED, f"launch failed: {exc}", time.time())
-            self._emit(Ended(
-                at=time.time(), key=job.key, number=attempt.number, ended_at=time.time(), exit_code=None,
-                signal=None, outcome=Outcome.FAILED, reason=f"launch failed: {exc}", status=step.status,
-                not_before=step.not_before, retry_kind=step.retry_kind,
-            ))
+            # The connection may have dropped after the runner started: LOST attempts are checked
+            # (and killed if running) when their host answers again.
+            outcome = Outcome.LOST if isinstance(exc, WorkerError) else Outcome.FAILED
+            self._end_now(job, outcome, f"launch failed: {exc}")
             return
         self._attach(job, record)
 
@@ -446,7 +477,23 @@ class Scheduler:
     def _kill(self, key: str) -> None:
         attempt = self.store.ledger.jobs[key].current_attempt
         if attempt is not None:
-            self._spawn(self.workers[attempt.host].kill(attempt.dir, self.config.kill_grace))
+            self._spawn(self._kill_attempt(attempt))
+
+    async def _kill_attempt(self, attempt: Attempt) -> None:
+        try:
+            await self.workers[attempt.host].kill(attempt.dir, self.config.kill_grace)
+        except ExqError as exc:
+            log.warning("cannot kill %s on %s now: %s", attempt.dir, attempt.host, exc)
+
+    def _end_now(self, job: Job, outcome: Outcome, reason: str) -> None:
+        """End the current attempt without a record from its runner (never started, host lost)."""
+        now = time.time()
+        step = next_step(job, outcome, reason, now)
+        self._emit(Ended(
+            at=now, key=job.key, number=len(job.attempts), ended_at=now, exit_code=None, signal=None,
+            outcome=outcome, reason=reason, job_reason=step.reason, status=step.status,
+            not_before=step.not_before, retry_kind=step.retry_kind, params=step.params, cmd=step.cmd,
+        ))
 
     def _job_env(self, job: Job, attempt: Attempt) -> dict[str, str]:
         env = dict(job.spec.env)
@@ -469,19 +516,82 @@ class Scheduler:
         now = time.time()
         names = [
             name for name in (hosts or self.workers)
-            if force or now - self._snapshots.get(name, _EMPTY).taken_at >= self.config.probe_interval
+            if force or now - self._probed_at.get(name, 0.0) >= self.config.probe_interval
         ]
         if not names:
             return
-        snaps = await asyncio.gather(*(self.workers[n].probe() for n in names))
-        self._snapshots.update(zip(names, snaps, strict=True))
+        results = await asyncio.gather(*(self.workers[n].probe() for n in names), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            self._probed_at[name] = now
+            if isinstance(result, ExqError):
+                self._snapshots.pop(name, None)
+                if self._hosts.observe(name, False, now, str(result)) == Change.WENT_DOWN:
+                    self._host_went_down(name, str(result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self._snapshots[name] = result
+                if self._hosts.observe(name, True, now) == Change.CAME_BACK:
+                    await self._host_came_back(name)
+        self._flush()
         self._update_views()
         self._dirty = True
 
+    def _on_host(self, host: str, *statuses: JobStatus) -> list[Job]:
+        return [j for j in self.store.state.jobs if j.status in statuses and j.host == host and j.attempts]
+
+    def _host_went_down(self, host: str, error: str) -> None:
+        keys = [j.key for j in self._on_host(host, JobStatus.RUNNING)]
+        log.warning("host %s is not answering (%s); %d running job(s) now unknown", host, error, len(keys))
+        if keys:
+            self._emit(HostDown(at=time.time(), host=host, keys=keys))
+
+    async def _host_came_back(self, host: str) -> None:
+        """Re-attach its jobs still counted as running there; kill attempts that were moved elsewhere."""
+        keys = [j.key for j in self._on_host(host, JobStatus.UNKNOWN)]
+        log.warning("host %s answers again; re-attaching %d job(s)", host, len(keys))
+        if keys:
+            self._emit(HostUp(at=time.time(), host=host, keys=keys))
+        await self._kill_superseded(host)
+
+    async def _kill_superseded(self, host: str) -> None:
+        """Kill attempts on `host` given up as lost that still run there, so no job runs twice."""
+        for job in self.store.state.jobs:
+            for attempt in job.attempts:
+                if attempt.host != host or attempt.outcome != Outcome.LOST:
+                    continue
+                try:
+                    record = await self.workers[host].read(attempt.dir)
+                except ExqError:
+                    return
+                if record.alive:
+                    log.warning("%s attempt %d still runs on %s after being moved: killing it",
+                                job.key, attempt.number, host)
+                    self._spawn(self._kill_attempt(attempt))
+
+    def _check_lost_hosts(self) -> None:
+        """Requeue the jobs of hosts that stayed unreachable past their lost timeout."""
+        now = time.time()
+        for host in self.workers:
+            lost_at = self._hosts.lost_at(host)
+            if lost_at is None or now < lost_at:
+                continue
+            for job in self._on_host(host, JobStatus.UNKNOWN):
+                health = self._hosts.health[host]
+                self._end_now(job, Outcome.LOST, f"host {host} lost: not answering since "
+                              f"{time.strftime('%H:%M:%S', time.localtime(health.down_since))} ({health.error})")
+                self._reservations.pop(job.key, None)
+        self._flush()
+
     def _update_views(self) -> None:
         state = self.store.state
-        state.hosts = [HostView(name=n, backend=s.backend, message=s.message, probed_at=s.taken_at)
-                       for n, s in self._snapshots.items()]
+        state.hosts = []
+        for name in self.workers:
+            snap, health = self._snapshots.get(name), self._hosts.health.get(name, HostHealth())
+            state.hosts.append(HostView(
+                name=name, backend=snap.backend if snap else "unreachable", message=snap.message if snap else None,
+                probed_at=snap.taken_at if snap else None, up=health.up, down_since=health.down_since,
+                error=health.error))
         state.gpus = [
             GpuView(host=ld.host, index=ld.gpu.index, uuid=ld.gpu.uuid, name=ld.gpu.name,
                     memory_total=ld.gpu.memory_total, memory_used=ld.gpu.memory_used,
@@ -493,7 +603,7 @@ class Scheduler:
 
     async def _recover(self, watch: bool = True) -> None:
         """After a restart: re-attach running attempts, classify those that ended, relaunch none."""
-        for job in [j for j in self.store.state.jobs if j.status == JobStatus.RUNNING]:
+        for job in [j for j in self.store.state.jobs if j.status in (JobStatus.RUNNING, JobStatus.UNKNOWN)]:
             attempt = job.attempts[-1]
             worker = self.workers.get(attempt.host)
             if worker is None:
@@ -502,7 +612,18 @@ class Scheduler:
             res = job.spec.resources
             self._reservations[job.key] = Reservation(
                 job.key, attempt.host, tuple(attempt.gpus), res.gpu_memory, res.share, attempt.pid)
-            record = await self._await_claim(worker, attempt.dir)
+            try:
+                record = await self._await_claim(worker, attempt.dir)
+            except ExqError as exc:
+                if self._hosts.observe(attempt.host, False, time.time(), str(exc)) == Change.WENT_DOWN:
+                    self._host_went_down(attempt.host, str(exc))
+                if job.status == JobStatus.RUNNING:
+                    self._emit(HostDown(at=time.time(), host=attempt.host, keys=[job.key]))
+                if watch:
+                    self._spawn(self._watch(job.key, attempt.number, worker, attempt.dir))
+                continue
+            if job.status == JobStatus.UNKNOWN:
+                self._emit(HostUp(at=time.time(), host=attempt.host, keys=[job.key]))
             if record.tombstoned:
                 self._reservations.pop(job.key)
                 self._commit([Ended(

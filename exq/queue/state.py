@@ -20,6 +20,8 @@ class JobStatus(StrEnum):
     QUEUED = "queued"
     """Waiting for its dependencies, a free GPU, or the end of a retry backoff."""
     RUNNING = "running"
+    UNKNOWN = "unknown"
+    """Its host stopped answering; it may still be running there. Requeued after the host's lost_timeout."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     BLOCKED = "blocked"
@@ -73,6 +75,7 @@ class Job(_Model):
     attempts: list[Attempt] = Field(default_factory=list)
     oom_retries: int = 0
     failure_retries: int = 0
+    lost_retries: int = 0
     not_before: float | None = Field(None, description="Retry backoff: not placed before this time.")
     cancel_requested: bool = Field(False, description="Cancel asked while running; the attempt is being killed.")
     reason: str | None = Field(None, description="Why the job failed, is blocked, or is waiting.")
@@ -125,6 +128,9 @@ class HostView(_Model):
     backend: str = Field(description="'nvml', 'nvidia-smi', 'simulated' or 'none'.")
     message: str | None = None
     probed_at: float | None = None
+    up: bool = True
+    down_since: float | None = Field(None, description="When the host stopped answering.")
+    error: str | None = None
 
 
 class DaemonInfo(_Model):

@@ -1,0 +1,387 @@
+"""The SSH worker's remote shell commands and the parsers of their output (pure functions).
+
+Every command is `sh -c SCRIPT exq-KIND ARG...`: a fixed POSIX sh script (coreutils and setsid only)
+run the same whatever the login shell, with every path and value passed as a shlex-quoted positional
+argument. Scripts print marker lines (`@@exq KIND [ARG]`) and end with `@@exq end`. File contents
+(claim, pid, exit, log tail, result file) follow an `@@exq hex NAME` marker as `od -An -v -tx1`
+lines, so nothing a job writes can break the framing. The list of attempt directories to poll goes
+on stdin, one per line, so one command covers any number of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from exq.errors import WorkerError
+from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
+from exq.queue.workers.local import LOG_TAIL_BYTES, START_TIMEOUT, TOMBSTONE
+
+MARKER = "@@exq"
+RUNNER_NAME = "runner.sh"
+NAP = 0.05
+"""Seconds per tick of the remote wait loops (launch start, kill grace)."""
+MAX_COMMAND_BYTES = 100_000
+"""A command line is one argument of the login shell: Linux caps that at 128 KiB."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_HEAD = f"""\
+M={MARKER}
+NL='
+'
+umask 077
+"""
+# Print file $2 as section $1: a marker, then its bytes in hex; or a marker saying it is missing/unreadable.
+_SEC = """\
+sec() {
+    if [ -f "$2" ] && [ -r "$2" ]; then echo "$M hex $1"; od -An -v -tx1 < "$2"
+    elif [ -e "$2" ]; then echo "$M unreadable $1"
+    else echo "$M none $1"; fi
+}
+"""
+_NAP = """\
+nap() { sleep "$1" 2>/dev/null || sleep 1; }
+"""
+# True while process $1 runs and is not a zombie.
+_RUNNING = """\
+running() {
+    [ -r /proc/self/stat ] || { kill -0 "$1" 2>/dev/null; return; }
+    read -r _l 2>/dev/null < "/proc/$1/stat" || return 1
+    set -- ${_l##*') '}
+    [ "$1" != Z ] && [ "$1" != X ]
+}
+"""
+# True while PID $1 is the runner of attempt dir $2 (its last argument: a reused pid is not).
+_RALIVE = """\
+ralive() {
+    running "$1" || return 1
+    [ -r /proc/self/cmdline ] || return 0
+    _c=$(tr '\\0' '\\n' < "/proc/$1/cmdline" 2>/dev/null) || return 1
+    case $_c in *"$NL$2") return 0 ;; esac
+    return 1
+}
+"""
+# True while process group $1 has a process that is not a zombie (as in runner.sh).
+_GALIVE = """\
+galive() {
+    kill -0 "-$1" 2>/dev/null || return 1
+    [ -r /proc/self/stat ] || return 0
+    _pg=$1
+    for _f in /proc/[0-9]*/stat; do
+        read -r _l 2>/dev/null < "$_f" || continue
+        set -- ${_l##*') '}
+        [ "$3" = "$_pg" ] && [ "$1" != Z ] && [ "$1" != X ] && return 0
+    done
+    return 1
+}
+"""
+# The record of attempt dir $1: claim, pid, whether the runner is alive (checked before reading
+# exit, so that a runner seen dead has its exit file, if any, already written), exit.
+_REC = """\
+rec() {
+    echo "$M dir"
+    sec claim "$1/claim"
+    sec pid "$1/pid"
+    _p=
+    if [ -r "$1/pid" ]; then read -r _p _x 2>/dev/null < "$1/pid"
+    elif [ -r "$1/claim" ]; then read -r _w _p _x 2>/dev/null < "$1/claim"; [ "$_w" = runner ] || _p=; fi
+    case $_p in ''|*[!0-9]*) _p= ;; esac
+    if [ -n "$_p" ] && ralive "$_p" "$1"; then echo "$M alive 1"; else echo "$M alive 0"; fi
+    sec exit "$1/exit"
+}
+"""
+_RECORD_LIB = _SEC + _RUNNING + _RALIVE + _REC
+
+_SETUP = """\
+cd || exit 1
+h=$(pwd) || exit 1
+case $1 in /*) x=$1/$2 ;; *) x=$h/$1/$2 ;; esac
+mkdir -p -- "$x" || exit 1
+echo "$M hex home"; printf '%s' "$h" | od -An -v -tx1
+echo "$M hex exq"; printf '%s' "$x" | od -An -v -tx1
+sec runner "$x/$3"
+"""
+_POLL = """\
+while IFS= read -r d; do rec "$d"; done
+"""
+_LAUNCH = f"""\
+d=$1; r=$2; shift 2
+mkdir -p -- "$d" || exit 1
+cd / || exit 1
+nohup env "$@" setsid sh "$r" "$d" </dev/null >/dev/null 2>&1 &
+c=$!
+i=0
+while [ ! -e "$d/pid" ]; do
+    [ "$(cat "$d/claim" 2>/dev/null)" = {TOMBSTONE} ] && break
+    running "$c" || break
+    if [ "$i" -ge {math.ceil(START_TIMEOUT / NAP)} ]; then
+        kill -KILL "-$c" 2>/dev/null || kill -KILL "$c" 2>/dev/null
+        echo "$M timeout"; break
+    fi
+    nap {NAP}
+    i=$((i + 1))
+done
+rec "$d"
+"""
+_KILL = """\
+d=$1; t=$2; p=; g=
+read -r p g _x 2>/dev/null < "$d/pid"
+case $p$g in ''|*[!0-9]*) echo "$M end"; exit 0 ;; esac
+if [ -e "$d/exit" ] && ! ralive "$p" "$d"; then echo "$M end"; exit 0; fi
+kill -TERM "-$g" 2>/dev/null
+i=0
+while galive "$g"; do
+    if [ "$i" -ge "$t" ]; then kill -KILL "-$g" 2>/dev/null; echo "$M sigkill"; break; fi
+    nap 0.05
+    i=$((i + 1))
+done
+"""
+_TOMBSTONE = f"""\
+mkdir -p -- "$1" || exit 1
+if (set -C; echo {TOMBSTONE} > "$1/claim") 2>/dev/null; then echo "$M claimed 1"
+elif [ -e "$1/claim" ]; then echo "$M claimed 0"
+else echo "cannot create $1/claim" >&2; exit 1; fi
+"""
+_GROUP = """\
+if galive "$1"; then echo "$M alive 1"; else echo "$M alive 0"; fi
+"""
+_REPORT = f"""\
+d=$1; w=$2; f=$3; shift 3
+rec "$d"
+if [ -e "$d/log" ]; then echo "$M hex log"; tail -c {LOG_TAIL_BYTES} "$d/log" 2>/dev/null | od -An -v -tx1
+else echo "$M none log"; fi
+case $f in /*) ;; *) f=$w/$f ;; esac
+sec result "$f"
+ok=0; cd "$w" 2>/dev/null && ok=1
+IFS=
+i=0
+for pat; do
+    found=0
+    if [ "$ok" = 1 ]; then
+        for m in $pat; do
+            if [ -e "$m" ] || [ -L "$m" ]; then found=1; fi
+            break
+        done
+    fi
+    [ "$found" = 1 ] || echo "$M missing $i"
+    i=$((i + 1))
+done
+"""
+
+
+def _command(kind: str, body: str, args: list[str]) -> str:
+    script = _HEAD + body + f'echo "$M end"\nexit 0\n'
+    command = " ".join(["sh -c", shlex.quote(script), f"exq-{kind}", *(shlex.quote(a) for a in args)])
+    if len(command.encode()) > MAX_COMMAND_BYTES:
+        raise WorkerError(f"{kind} command too long ({len(command.encode())} bytes > {MAX_COMMAND_BYTES})")
+    return command
+
+
+def setup_command(root: str, node_id: str) -> str:
+    """Resolve the home, create `<home>/<root>/<node_id>` (0700, parents too), show the runner there."""
+    return _command("setup", _SEC + _SETUP, [root, node_id, RUNNER_NAME])
+
+
+def poll_command() -> str:
+    """The records of the attempt directories given on stdin (see `poll_input`), in order."""
+    return _command("poll", _RECORD_LIB + _POLL, [])
+
+
+def poll_input(attempt_dirs: list[str]) -> str:
+    return "".join(d + "\n" for d in attempt_dirs)
+
+
+def launch_command(runner: str, request: LaunchRequest, grace: float) -> str:
+    """Create the attempt dir, start the runner detached with the job's env, wait until it recorded its pid."""
+    env = dict(request.env)
+    env.update(EXQ_RUNNER_CMD=request.cmd, EXQ_RUNNER_WORKDIR=request.workdir,
+               EXQ_RUNNER_SETUP=request.setup or "", EXQ_RUNNER_GRACE=f"{grace:.1f}")
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise WorkerError(f"invalid environment variable name {name!r}")
+        if "\0" in value:
+            raise WorkerError(f"environment variable {name} holds a NUL character")
+    assignments = [f"{name}={value}" for name, value in env.items()]
+    return _command("launch", _NAP + _RECORD_LIB + _LAUNCH, [request.attempt_dir, runner, *assignments])
+
+
+def kill_command(attempt_dir: str, grace: float) -> str:
+    """SIGTERM the job's group, SIGKILL it after `grace` s; nothing when the attempt has ended."""
+    ticks = max(0, math.ceil(grace / NAP))
+    return _command("kill", _NAP + _RUNNING + _RALIVE + _GALIVE + _KILL, [attempt_dir, str(ticks)])
+
+
+def tombstone_command(attempt_dir: str) -> str:
+    """Create the attempt dir and claim it with a tombstone unless a runner claimed it first."""
+    return _command("tombstone", _TOMBSTONE, [attempt_dir])
+
+
+def group_alive_command(pgid: int) -> str:
+    return _command("group", _GALIVE, [str(int(pgid))])
+
+
+def report_command(attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> str:
+    """Record, log tail, result file and the indices of the output globs that match nothing in workdir."""
+    return _command("report", _RECORD_LIB + _REPORT, [attempt_dir, workdir, result_file, *outputs])
+
+
+# --- parsers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Frame:
+    """One marker line and, for `hex`, the bytes that followed it."""
+
+    kind: str
+    arg: str
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass(frozen=True)
+class Setup:
+    home: str
+    exq_dir: str
+    runner: bytes | None
+    """The runner script on the host, or None when it is missing."""
+
+
+def parse_frames(text: str) -> list[Frame]:
+    """The frames of a script's output; WorkerError when it is garbled or cut short (no `end`)."""
+    frames: list[Frame] = []
+    for line in text.splitlines():
+        if line.startswith(MARKER + " "):
+            kind, _, arg = line[len(MARKER) + 1 :].partition(" ")
+            frames.append(Frame(kind, arg))
+        elif not line.strip():
+            continue
+        elif frames and frames[-1].kind == "hex":
+            try:
+                frames[-1].data += bytes.fromhex(line)
+            except ValueError:
+                raise WorkerError(f"garbled remote output: {line[:200]!r}") from None
+        else:
+            raise WorkerError(f"unexpected remote output: {line[:200]!r}")
+    if not frames or frames[-1].kind != "end":
+        raise WorkerError(f"remote output cut short: {text[-500:]!r}")
+    return frames[:-1]
+
+
+def _files(frames: list[Frame]) -> dict[str, bytes | None]:
+    """Contents per section name: bytes, or None when missing or unreadable."""
+    return {f.arg: bytes(f.data) if f.kind == "hex" else None
+            for f in frames if f.kind in ("hex", "none", "unreadable")}
+
+
+def _fields(data: bytes | None, count: int) -> list[str] | None:
+    fields = (data or b"").decode(errors="replace").split()
+    return fields if len(fields) >= count else None
+
+
+def _record(frames: list[Frame]) -> RunRecord:
+    """A RunRecord from one `rec` block (claim, pid, alive, exit), read as LocalWorker reads files."""
+    files = _files(frames)
+    claim = files.get("claim")
+    if claim is None:
+        return RunRecord()
+    if claim.decode(errors="replace").strip() == TOMBSTONE:
+        return RunRecord(claimed=True, tombstoned=True)
+    runner_pid = pgid = exit_code = None
+    started_at = ended_at = None
+    try:
+        if (pid := _fields(files.get("pid"), 3)) is not None:
+            runner_pid, pgid, started_at = int(pid[0]), int(pid[1]), float(pid[2])
+        elif (by := _fields(claim, 2)) is not None and by[0] == "runner":
+            runner_pid = int(by[1])
+        if (ended := _fields(files.get("exit"), 2)) is not None:
+            exit_code, ended_at = int(ended[0]), float(ended[1])
+    except ValueError:
+        pass
+    alive = any(f.kind == "alive" and f.arg == "1" for f in frames)
+    return RunRecord(claimed=True, runner_pid=runner_pid, pgid=pgid, started_at=started_at,
+                     ended_at=ended_at, exit_code=exit_code, alive=alive)
+
+
+def _blocks(frames: list[Frame]) -> list[list[Frame]]:
+    """The frames of each `dir` block (a record), in order; frames before the first are dropped."""
+    blocks: list[list[Frame]] = []
+    for frame in frames:
+        if frame.kind == "dir":
+            blocks.append([])
+        elif blocks:
+            blocks[-1].append(frame)
+    return blocks
+
+
+def parse_setup(text: str) -> Setup:
+    files = _files(parse_frames(text))
+    home, exq_dir = files.get("home"), files.get("exq")
+    if not home or not exq_dir:
+        raise WorkerError(f"unexpected setup output: {text[-500:]!r}")
+    return Setup(home.decode(), exq_dir.decode(), files.get("runner"))
+
+
+def parse_records(text: str, count: int) -> list[RunRecord]:
+    """The records a poll printed for `count` attempt directories."""
+    blocks = _blocks(parse_frames(text))
+    if len(blocks) != count:
+        raise WorkerError(f"poll returned {len(blocks)} records for {count} attempt directories")
+    return [_record(b) for b in blocks]
+
+
+def parse_launch(text: str, attempt_dir: str) -> RunRecord:
+    """The record after a launch; WorkerError when the runner did not start the job."""
+    frames = parse_frames(text)
+    blocks = _blocks(frames)
+    record = _record(blocks[-1]) if blocks else RunRecord()
+    if any(f.kind == "timeout" for f in frames):
+        raise WorkerError(f"runner for {attempt_dir} did not start the job within {START_TIMEOUT:g}s")
+    if record.tombstoned or record.started_at is not None:
+        return record
+    raise WorkerError(f"runner for {attempt_dir} exited before starting the job")
+
+
+def parse_flag(text: str, kind: str) -> bool:
+    """The value of a `@@exq KIND 0|1` line (tombstone: `claimed`, group_alive: `alive`)."""
+    for frame in parse_frames(text):
+        if frame.kind == kind:
+            return frame.arg == "1"
+    raise WorkerError(f"no {kind!r} in remote output: {text[-500:]!r}")
+
+
+def _result(data: bytes | None, present: bool, path: str) -> tuple[dict[str, Any] | None, str | None]:
+    if not present:
+        return None, None
+    if data is None:
+        return None, f"cannot read result file {path}: not a readable file"
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"cannot read result file {path}: {exc}"
+    except ValueError as exc:
+        return None, f"invalid JSON in result file {path}: {exc}"
+    if not isinstance(value, dict):
+        return None, f"result file {path} does not hold a JSON object"
+    return value, None
+
+
+def parse_report(text: str, workdir: str, result_file: str, outputs: list[str]) -> AttemptReport:
+    frames = parse_frames(text)
+    blocks = _blocks(frames)
+    if len(blocks) != 1:
+        raise WorkerError(f"unexpected report output: {text[-500:]!r}")
+    files = _files(blocks[0])
+    path = result_file if result_file.startswith("/") else f"{workdir.rstrip('/')}/{result_file}"
+    result, error = _result(files.get("result"), any(
+        f.kind in ("hex", "unreadable") and f.arg == "result" for f in blocks[0]), path)
+    missing = {int(f.arg) for f in blocks[0] if f.kind == "missing" and f.arg.isdigit()}
+    return AttemptReport(
+        record=_record(blocks[0]),
+        log_tail=(files.get("log") or b"").decode("utf-8", errors="replace"),
+        result=result,
+        result_error=error,
+        missing_outputs=[p for i, p in enumerate(outputs) if i in missing],
+    )
