@@ -16,7 +16,7 @@ from exq.queue.gpus import GpuSnapshot
 from exq.queue.gpus.select import select_probe
 from exq.queue.intake import ControlReply, ControlRequest, Intake
 from exq.queue.jobspec import SubmissionSpec
-from exq.queue.manifest import load_manifest
+from exq.queue.manifest import load_manifest, parse_manifest
 from exq.queue.scheduler import LOCAL_HOST, Scheduler, SchedulerConfig
 from exq.queue.state import Job, QueueState
 from exq.queue.store import (
@@ -32,7 +32,8 @@ from exq.queue.workers.local import LocalWorker
 
 __all__ = [
     "ControlReply", "ControlRequest", "Intake", "Job", "QueueState", "SchedulerConfig", "StatePaths",
-    "StatusView", "SubmissionSpec", "control", "daemon_alive", "find_job", "load_manifest", "probe_gpus",
+    "StatusView", "SubmissionSpec", "control", "daemon_alive", "find_job", "load_manifest", "parse_manifest",
+    "probe_gpus",
     "serve", "state_json", "state_paths", "status", "submit",
 ]
 log = logging.getLogger("exq")

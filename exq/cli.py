@@ -70,10 +70,15 @@ def _print_spec(spec: api.SubmissionSpec, all_jobs: bool) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Print the expanded jobs and submit nothing.")
+@click.option("--stdin-name", default="manifest.yaml", show_default=True,
+              help="With MANIFEST '-' (read from stdin): its file name, for messages and a relative workdir.")
 @click.pass_context
-def submit(ctx: click.Context, manifest: Path, dry_run: bool) -> None:
-    """Submit MANIFEST to the queue. Returns once the submission is durable."""
-    spec = api.load_manifest(manifest)
+def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str) -> None:
+    """Submit MANIFEST ('-' for stdin) to the queue. Returns once the submission is durable."""
+    if str(manifest) == "-":
+        spec = api.parse_manifest(sys.stdin.read(), str(Path.cwd() / stdin_name))
+    else:
+        spec = api.load_manifest(manifest)
     if dry_run:
         _print_spec(spec, all_jobs=False)
         return

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
-from conftest import Exq, wait_until
+from conftest import EXQ, Exq, wait_until
 
 
 def test_help_lists_every_command(exq: Exq) -> None:
@@ -70,3 +71,13 @@ def test_run_refuses_while_a_daemon_holds_the_state_dir(exq: Exq) -> None:
     manifest = exq.manifest("name: x\ngpus: 0\ncmd: 'true'\n")
     proc = exq("run", str(manifest), check=False)
     assert proc.returncode == 4 and "exq submit" in proc.stderr
+
+
+def test_submit_reads_a_manifest_from_stdin(exq: Exq) -> None:
+    text = "name: piped\ngpus: 0\nid: j\ncmd: 'true'\n"
+    proc = subprocess.run([*EXQ, "submit", "-", "--stdin-name", "piped.yaml"], input=text, text=True,
+                          env=exq.env, capture_output=True, cwd=exq.root, timeout=60)
+    assert proc.returncode == 0 and "submitted 1 job(s)" in proc.stdout
+    bad = subprocess.run([*EXQ, "submit", "-", "--stdin-name", "piped.yaml"], input="name: x\ncmd: 3\n", text=True,
+                         env=exq.env, capture_output=True, cwd=exq.root, timeout=60)
+    assert bad.returncode == 2 and f"{exq.root / 'piped.yaml'}:2:6: cmd:" in bad.stderr

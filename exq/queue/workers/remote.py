@@ -174,7 +174,7 @@ done
 
 
 def _command(kind: str, body: str, args: list[str]) -> str:
-    script = _HEAD + body + f'echo "$M end"\nexit 0\n'
+    script = _HEAD + body + 'echo "$M end"\nexit 0\n'
     command = " ".join(["sh -c", shlex.quote(script), f"exq-{kind}", *(shlex.quote(a) for a in args)])
     if len(command.encode()) > MAX_COMMAND_BYTES:
         raise WorkerError(f"{kind} command too long ({len(command.encode())} bytes > {MAX_COMMAND_BYTES})")

@@ -1,0 +1,370 @@
+"""The SSH worker: attempts on a remote host over one persistent asyncssh connection.
+
+The remote host needs only POSIX sh, coreutils and setsid: every command is built (and its output
+parsed) in `remote.py`; runner.sh is uploaded to the host's exq dir. Host keys are always verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from exq.config import HostConfig
+from exq.errors import WorkerError
+from exq.queue.gpus import GpuSnapshot
+from exq.queue.gpus.nvidia_smi import PROBE_COMMAND, parse_probe_output
+from exq.queue.workers import remote
+from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
+from exq.queue.workers.local import RUNNER_PATH, START_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+COMMAND_TIMEOUT = 30.0
+"""Seconds any remote command may take beyond the waiting it does on purpose."""
+PROBE_TIMEOUT = 60.0
+MAX_CHANNELS = 8
+"""Commands in flight on one connection (OpenSSH's MaxSessions defaults to 10)."""
+
+
+class HostKeyError(WorkerError):
+    """The host's key is unknown or changed: exq never connects to an unverified host."""
+
+
+class HostUnreachableError(WorkerError):
+    """The host cannot be reached now (connect failed, connection dropped, no answer in time)."""
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    up: bool
+    since: float
+    """Unix time of the last change of `up`."""
+    error: str | None = None
+
+
+class _Client(asyncssh.SSHClient):
+    """Tells the worker when its connection is lost."""
+
+    def __init__(self, worker: SshWorker) -> None:
+        self._worker = worker
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._worker._lost(self, exc)
+
+
+class SshWorker:
+    """The Worker for one SSH host."""
+
+    def __init__(
+        self,
+        name: str,
+        host: HostConfig,
+        node_id: str,
+        *,
+        cleanup_grace: float = 10.0,
+        poll_interval: float = 0.5,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+    ) -> None:
+        if not node_id or "/" in node_id or node_id in (".", ".."):
+            raise WorkerError(f"invalid node id {node_id!r}")
+        self.name = name
+        self.host = host
+        self.node_id = node_id
+        self.cleanup_grace = cleanup_grace
+        self.poll_interval = poll_interval
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.commands: Counter[str] = Counter()
+        """Remote commands sent, per kind (poll, launch, read, ...)."""
+        self.poll_rounds = 0
+        """Rounds of the host-level poller (each sends at most one `poll` command)."""
+        self.exq_dir: str | None = None
+        self.home: str | None = None
+        self._health = HostHealth(False, time.time(), "not connected yet")
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._client: _Client | None = None
+        self._connecting = asyncio.Lock()
+        self._channels = asyncio.Semaphore(MAX_CHANNELS)
+        self._retry_at = 0.0
+        self._backoff = backoff_initial
+        self._last_error: WorkerError | None = None
+        self._waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def health(self) -> HostHealth:
+        return self._health
+
+    @property
+    def address(self) -> str:
+        return self.host.address or self.name
+
+    # --- connection --------------------------------------------------------------------------
+
+    async def ensure_connected(self) -> None:
+        """Connect (and set up the exq dir) unless connected; HostKeyError / HostUnreachableError."""
+        await self._connection()
+
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        if self._conn is not None:
+            return self._conn
+        async with self._connecting:
+            if self._conn is not None:
+                return self._conn
+            wait = self._retry_at - time.monotonic()
+            if wait > 0 and self._last_error is not None:
+                raise type(self._last_error)(f"{self._last_error} (next try in {wait:.1f}s)")
+            try:
+                conn, client = await self._open()
+            except WorkerError as exc:
+                self._last_error = exc
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, self.backoff_max)
+                self._set_health(False, str(exc))
+                raise
+            self._conn, self._client, self._last_error = conn, client, None
+            self._backoff = self.backoff_initial
+            self._set_health(True, None)
+            return conn
+
+    def _options(self) -> dict[str, object]:
+        host = self.host
+        options: dict[str, object] = {
+            "keepalive_interval": host.keepalive,
+            "keepalive_count_max": host.keepalive_count,
+            "connect_timeout": host.connect_timeout,
+        }
+        if host.port is not None:
+            options["port"] = host.port
+        if host.user is not None:
+            options["username"] = host.user
+        if host.identity_file is not None:
+            options["client_keys"] = [str(Path(host.identity_file).expanduser())]
+        if host.known_hosts is not None:
+            options["known_hosts"] = str(Path(host.known_hosts).expanduser())
+        if host.ssh_config is not None:
+            options["config"] = [str(Path(host.ssh_config).expanduser())]
+        return options
+
+    async def _open(self) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """Connect, then set the exq dir up; close the connection again if the setup fails."""
+        options = self._options()
+        client = _Client(self)
+        try:
+            checked = await asyncssh.SSHClientConnectionOptions.construct(host=self.address, **options)
+            if checked.known_hosts is None:  # `UserKnownHostsFile none` would accept any key
+                default = Path("~/.ssh/known_hosts").expanduser()
+                options["known_hosts"] = str(default) if default.is_file() else b""
+            conn = await asyncio.wait_for(
+                asyncssh.connect(self.address, client_factory=lambda: client, **options),
+                self.host.connect_timeout + 5)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            port = self.host.port or 22
+            raise HostKeyError(
+                f"host {self.name} ({self.address}, port {port}): host key not verified: {exc}. "
+                f"Check the key's fingerprint with the host's owner, then add it with "
+                f"`ssh-keyscan -p {port} {self.address} >> ~/.ssh/known_hosts` (or the host's "
+                f"known_hosts file); exq never accepts unverified host keys") from exc
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            raise HostUnreachableError(f"host {self.name} ({self.address}) unreachable: {_describe(exc)}") from exc
+        try:
+            await self._setup(conn)
+        except BaseException:
+            conn.abort()
+            raise
+        return conn, client
+
+    async def _setup(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Resolve home and exq dir; upload runner.sh (atomically, 0700) when missing or different."""
+        out = await self._call(conn, "setup", remote.setup_command(self.host.root, self.node_id), COMMAND_TIMEOUT)
+        setup = remote.parse_setup(out)
+        runner = RUNNER_PATH.read_bytes()
+        target = posixpath.join(setup.exq_dir, remote.RUNNER_NAME)
+        if setup.runner != runner:
+            tmp = f"{target}.{secrets.token_hex(4)}.tmp"
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT), conn.start_sftp_client() as sftp:
+                    async with sftp.open(tmp, "wb", asyncssh.SFTPAttrs(permissions=0o700)) as f:
+                        await f.write(runner)
+                    await sftp.chmod(tmp, 0o700)
+                    await sftp.posix_rename(tmp, target)
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                raise HostUnreachableError(f"host {self.name}: cannot upload {target}: {_describe(exc)}") from exc
+        self.home, self.exq_dir = setup.home, setup.exq_dir
+
+    def _lost(self, client: _Client, exc: Exception | None) -> None:
+        if client is self._client:
+            self._drop(f"connection lost: {_describe(exc)}" if exc else "connection closed")
+
+    def _drop(self, reason: str) -> None:
+        """Forget the connection (the next call reconnects at once) and mark the host down."""
+        conn, self._conn, self._client = self._conn, None, None
+        if conn is not None:
+            conn.abort()
+            self._retry_at, self._backoff = 0.0, self.backoff_initial
+            log.warning("%s: %s", self.name, reason)
+        self._set_health(False, reason)
+
+    def _set_health(self, up: bool, error: str | None) -> None:
+        since = self._health.since if up == self._health.up else time.time()
+        self._health = HostHealth(up, since, error)
+
+    async def _run(self, kind: str, command: str, timeout: float, stdin: str | None = None) -> str:
+        return await self._call(await self._connection(), kind, command, timeout, stdin)
+
+    async def _call(self, conn: asyncssh.SSHClientConnection, kind: str, command: str, timeout: float,
+                    stdin: str | None = None) -> str:
+        """Run one command; its stdout. HostUnreachableError (and the host marked down) when the
+        connection fails or no answer comes within `timeout`; WorkerError when the command fails."""
+        async with self._channels:
+            self.commands[kind] += 1
+            try:
+                result = await asyncio.wait_for(conn.run(command, input=stdin, errors="replace"), timeout)
+            except asyncssh.ChannelOpenError as exc:
+                if conn is self._conn:
+                    raise WorkerError(f"host {self.name}: cannot open a channel for {kind}: {exc}") from exc
+                raise HostUnreachableError(f"host {self.name}: {kind}: {_describe(exc)}") from exc
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                reason = f"no answer to {kind} within {timeout:g}s" if isinstance(exc, TimeoutError) else _describe(exc)
+                self._drop_if_current(conn, reason)
+                raise HostUnreachableError(f"host {self.name} unreachable: {reason}") from exc
+        if result.exit_status is None and result.exit_signal is None:
+            self._drop_if_current(conn, f"{kind}: connection lost")
+            raise HostUnreachableError(f"host {self.name} unreachable: {kind}: connection lost")
+        if result.exit_status != 0:
+            said = str(result.stderr or result.stdout or "").strip()[-500:]
+            how = f"signal {result.exit_signal[0]}" if result.exit_signal else f"exit {result.exit_status}"
+            raise WorkerError(f"host {self.name}: {kind} failed ({how}): {said}")
+        return str(result.stdout)
+
+    def _drop_if_current(self, conn: asyncssh.SSHClientConnection, reason: str) -> None:
+        if conn is self._conn:
+            self._drop(reason)
+        else:
+            conn.abort()
+
+    # --- the Worker interface ----------------------------------------------------------------
+
+    def attempt_dir(self, submission: str, job_id: str, number: int) -> str:
+        if self.exq_dir is None:
+            raise WorkerError(f"host {self.name}: not connected yet (probe it before placing jobs there)")
+        return posixpath.join(self.exq_dir, "jobs", submission, job_id, str(number))
+
+    def _path(self, path: str) -> str:
+        """`path` on the host, absolute (relative ones are under the login's home), normalized."""
+        if "\n" in path or "\0" in path:
+            raise WorkerError(f"invalid path on {self.name}: {path!r}")
+        if not path.startswith("/"):
+            if self.home is None:
+                raise WorkerError(f"host {self.name}: relative path {path!r} before the first connection")
+            path = posixpath.join(self.home, path)
+        return posixpath.normpath(path)
+
+    async def probe(self) -> GpuSnapshot:
+        out = await self._run("probe", PROBE_COMMAND, PROBE_TIMEOUT)
+        return parse_probe_output(out, time.time())
+
+    async def launch(self, request: LaunchRequest) -> RunRecord:
+        await self._connection()
+        assert self.exq_dir is not None
+        d = self._path(request.attempt_dir)
+        req = LaunchRequest(d, request.cmd, self._path(request.workdir), request.env, request.setup)
+        command = remote.launch_command(posixpath.join(self.exq_dir, remote.RUNNER_NAME), req, self.cleanup_grace)
+        out = await self._run("launch", command, START_TIMEOUT + COMMAND_TIMEOUT)
+        return remote.parse_launch(out, d)
+
+    async def read(self, attempt_dir: str) -> RunRecord:
+        return (await self._records([self._path(attempt_dir)], "read"))[0]
+
+    async def _records(self, dirs: list[str], kind: str) -> list[RunRecord]:
+        out = await self._run(kind, remote.poll_command(), COMMAND_TIMEOUT, remote.poll_input(dirs))
+        return remote.parse_records(out, len(dirs))
+
+    async def wait(self, attempt_dir: str) -> RunRecord:
+        """Return once the runner has finished (exit recorded, cleanup done) or vanished. While the
+        host is unreachable this keeps waiting."""
+        d = self._path(attempt_dir)
+        future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(d, []).append(future)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        try:
+            return await future
+        finally:
+            waiters = self._waiters.get(d, [])
+            if future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[d]
+
+    async def _poll(self) -> None:
+        """The host's one poller: one remote command per round for every watched attempt."""
+        while self._waiters:
+            dirs = list(self._waiters)
+            self.poll_rounds += 1
+            try:
+                records = await self._records(dirs, "poll")
+            except WorkerError as exc:
+                log.debug("%s: poll failed: %s", self.name, exc)
+            else:
+                for d, record in zip(dirs, records, strict=True):
+                    if not record.alive:
+                        for future in self._waiters.pop(d, []):
+                            if not future.done():
+                                future.set_result(record)
+            if self._waiters:
+                await asyncio.sleep(self.poll_interval)
+
+    async def kill(self, attempt_dir: str, grace: float = 10.0) -> None:
+        command = remote.kill_command(self._path(attempt_dir), grace)
+        await self._run("kill", command, grace + COMMAND_TIMEOUT)
+
+    async def tombstone(self, attempt_dir: str) -> bool:
+        out = await self._run("tombstone", remote.tombstone_command(self._path(attempt_dir)), COMMAND_TIMEOUT)
+        return remote.parse_flag(out, "claimed")
+
+    async def group_alive(self, pgid: int) -> bool:
+        out = await self._run("group", remote.group_alive_command(pgid), COMMAND_TIMEOUT)
+        return remote.parse_flag(out, "alive")
+
+    async def report(self, attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> AttemptReport:
+        await self._connection()
+        d, wd = self._path(attempt_dir), self._path(workdir)
+        out = await self._run("report", remote.report_command(d, wd, result_file, outputs), COMMAND_TIMEOUT)
+        return remote.parse_report(out, wd, result_file, outputs)
+
+    async def close(self) -> None:
+        """Stop polling (waiters are cancelled; jobs keep running) and close the connection."""
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
+        self._waiters.clear()
+        conn, self._conn, self._client = self._conn, None, None
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        self._set_health(False, "closed")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
