@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from exq.config import ExqConfig, load_config
 from exq.errors import DaemonRunningError, ExqError
 from exq.queue import intake
 from exq.queue.gpus import GpuSnapshot
@@ -29,12 +33,34 @@ from exq.queue.store import (
 )
 from exq.queue.workers import Worker
 from exq.queue.workers.local import LocalWorker
+from exq.queue.workers.ssh import SshWorker
 
 __all__ = [
-    "ControlReply", "ControlRequest", "Intake", "Job", "QueueState", "SchedulerConfig", "StatePaths",
-    "StatusView", "SubmissionSpec", "control", "daemon_alive", "find_job", "load_manifest", "parse_manifest",
+    "ControlReply",
+    "ControlRequest",
+    "HostReport",
+    "Intake",
+    "Job",
+    "QueueState",
+    "SchedulerConfig",
+    "StatePaths",
+    "StatusView",
+    "SubmissionSpec",
+    "build_workers",
+    "control",
+    "daemon_alive",
+    "find_job",
+    "load_config",
+    "load_manifest",
+    "parse_manifest",
     "probe_gpus",
-    "serve", "state_json", "state_paths", "status", "submit",
+    "probe_hosts",
+    "scheduler_config",
+    "serve",
+    "state_json",
+    "state_paths",
+    "status",
+    "submit",
 ]
 log = logging.getLogger("exq")
 
@@ -100,14 +126,59 @@ def control(paths: StatePaths, req: ControlRequest, timeout: float = 15.0) -> Co
 async def _apply_offline(paths: StatePaths) -> None:
     store = Store(paths).open()
     try:
-        await Scheduler(store, local_workers(paths), mode="run").apply_pending_requests()
+        await Scheduler(store, build_workers(paths, load_config()), mode="run").apply_pending_requests()
     finally:
         store.close()
 
 
-def local_workers(paths: StatePaths) -> dict[str, Worker]:
-    probe = select_probe(scope=str(paths.root))
-    return {LOCAL_HOST: LocalWorker(name=LOCAL_HOST, probe=probe, jobs_root=paths.jobs)}
+def build_workers(paths: StatePaths, config: ExqConfig) -> dict[str, Worker]:
+    """One worker per enabled host: this machine (`local`) and each SSH host of the config."""
+    workers: dict[str, Worker] = {}
+    if config.local_enabled:
+        probe = select_probe(scope=str(paths.root))
+        workers[LOCAL_HOST] = LocalWorker(name=LOCAL_HOST, probe=probe, jobs_root=paths.jobs)
+    node_id = node_identity(paths)
+    for name, host in config.remote_hosts().items():
+        workers[name] = SshWorker(name, host, node_id)
+    return workers
+
+
+def node_identity(paths: StatePaths) -> str:
+    """Names this daemon's directory on remote hosts, so two daemons sharing a login never mix jobs."""
+    digest = hashlib.sha256(f"{socket.gethostname()}:{paths.root}".encode()).hexdigest()[:12]
+    return f"{socket.gethostname()}-{digest}"
+
+
+def scheduler_config(config: ExqConfig, **overrides: Any) -> SchedulerConfig:
+    """Scheduler settings with each host's lost timeout from the config."""
+    lost = {name: host.lost_timeout for name, host in config.remote_hosts().items()}
+    return SchedulerConfig(lost_timeouts=lost, **overrides)
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """One configured host as a live probe sees it now."""
+
+    name: str
+    snapshot: GpuSnapshot | None
+    error: str | None
+
+
+def probe_hosts(paths: StatePaths, timeout: float = 60.0) -> list[HostReport]:
+    """Probe every enabled host of the config now (connecting over SSH where needed)."""
+    return asyncio.run(_probe_hosts(build_workers(paths, load_config()), timeout))
+
+
+async def _probe_hosts(workers: dict[str, Worker], timeout: float) -> list[HostReport]:
+    async def one(name: str, worker: Worker) -> HostReport:
+        try:
+            return HostReport(name, await asyncio.wait_for(worker.probe(), timeout), None)
+        except (ExqError, TimeoutError) as exc:
+            return HostReport(name, None, str(exc) or "timed out")
+        finally:
+            await worker.close()
+
+    return list(await asyncio.gather(*(one(n, w) for n, w in workers.items())))
 
 
 def probe_gpus(paths: StatePaths) -> GpuSnapshot:
@@ -135,9 +206,10 @@ async def _serve(
     until: Callable[[QueueState], bool] | None,
     mode: str,
 ) -> QueueState:
+    host_config = load_config()
     store = Store(paths).open()
-    workers = local_workers(paths)
-    scheduler = Scheduler(store, workers, config, mode=mode)
+    workers = build_workers(paths, host_config)
+    scheduler = Scheduler(store, workers, config or scheduler_config(host_config), mode=mode)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, scheduler.drain)

@@ -32,7 +32,7 @@ class _Context:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", type=click.Path(path_type=Path), envvar="EXQ_STATE_DIR",
               help="State directory (default: $XDG_STATE_HOME/exq or ~/.local/state/exq).")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug, -vvv with SSH details).")
 @click.version_option(__version__, prog_name="exq")
 @click.pass_context
 def cli(ctx: click.Context, state_dir: Path | None, verbose: int) -> None:
@@ -45,6 +45,7 @@ def cli(ctx: click.Context, state_dir: Path | None, verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
     ctx.obj = _Context(state_dir)
 
 
@@ -133,7 +134,8 @@ def daemon(ctx: click.Context, foreign_threshold: str, probe_interval: float) ->
     """Run the scheduler until SIGTERM (drain: stop placing, leave running jobs running, exit)."""
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("exq").setLevel(logging.INFO)
-    config = api.SchedulerConfig(foreign_threshold=parse_size(foreign_threshold), probe_interval=probe_interval)
+    config = api.scheduler_config(api.load_config(), foreign_threshold=parse_size(foreign_threshold),
+                                  probe_interval=probe_interval)
     api.serve(_paths(ctx), config=config)
 
 
@@ -278,6 +280,28 @@ def gpus(ctx: click.Context, as_json: bool) -> None:
     from exq.views import gpu_table
 
     console.print(gpu_table("local", snap))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def hosts(ctx: click.Context, as_json: bool) -> None:
+    """Probe every configured host now: reachable or not, and its GPUs (exit 1 if any is unreachable)."""
+    reports = api.probe_hosts(_paths(ctx))
+    if as_json:
+        click.echo(json.dumps([{
+            "name": r.name, "up": r.snapshot is not None, "error": r.error,
+            "backend": r.snapshot.backend if r.snapshot else None,
+            "message": r.snapshot.message if r.snapshot else None,
+            "gpus": [{"index": g.index, "name": g.name, "memory_total": g.memory_total,
+                      "memory_used": g.memory_used} for g in (r.snapshot.gpus if r.snapshot else ())],
+        } for r in reports], indent=2))
+    else:
+        from exq.views import hosts_table
+
+        console.print(hosts_table(reports))
+    if any(r.snapshot is None for r in reports):
+        sys.exit(EXIT_JOBS_FAILED)
 
 
 def main() -> None:

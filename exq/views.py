@@ -10,7 +10,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from exq.api import StatusView
+from exq.api import HostReport, StatusView
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.jobspec import SubmissionSpec
 from exq.queue.state import Job, JobStatus
@@ -113,6 +113,22 @@ def gpu_table(host: str, snap: GpuSnapshot) -> Table:
     for gpu in snap.gpus:
         procs = ", ".join(f"{p.pid} ({format_size(p.used_memory)})" for p in gpu.processes)
         table.add_row(str(gpu.index), gpu.name, format_size(gpu.memory_used), format_size(gpu.memory_total), procs)
+    return table
+
+
+def hosts_table(reports: list[HostReport]) -> Table:
+    table = Table(title="hosts", title_justify="left")
+    for column in ("host", "state", "backend", "gpus", "note"):
+        table.add_column(column, overflow="fold")
+    for report in reports:
+        snap = report.snapshot
+        if snap is None:
+            table.add_row(report.name, Text("unreachable", style="bold red"), "", "", report.error or "")
+            continue
+        sizes = Counter(format_size(g.memory_total) for g in snap.gpus)
+        gpus = ", ".join(f"{n}x{size}" for size, n in sizes.items()) or "none"
+        backend = snap.backend + (" (SIMULATED)" if snap.simulated else "")
+        table.add_row(report.name, Text("up", style="green"), backend, gpus, snap.message or "")
     return table
 
 

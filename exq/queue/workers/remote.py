@@ -221,7 +221,7 @@ def tombstone_command(attempt_dir: str) -> str:
 
 
 def group_alive_command(pgid: int) -> str:
-    return _command("group", _GALIVE, [str(int(pgid))])
+    return _command("group", _GALIVE + _GROUP, [str(int(pgid))])
 
 
 def report_command(attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> str:

@@ -44,7 +44,9 @@ class HostUnreachableError(WorkerError):
 
 
 @dataclass(frozen=True)
-class HostHealth:
+class ConnectionHealth:
+    """Whether this worker's SSH connection is up (the scheduler's HostTracker decides about lost hosts)."""
+
     up: bool
     since: float
     """Unix time of the last change of `up`."""
@@ -90,7 +92,7 @@ class SshWorker:
         """Rounds of the host-level poller (each sends at most one `poll` command)."""
         self.exq_dir: str | None = None
         self.home: str | None = None
-        self._health = HostHealth(False, time.time(), "not connected yet")
+        self._health = ConnectionHealth(False, time.time(), "not connected yet")
         self._conn: asyncssh.SSHClientConnection | None = None
         self._client: _Client | None = None
         self._connecting = asyncio.Lock()
@@ -102,7 +104,7 @@ class SshWorker:
         self._poller: asyncio.Task[None] | None = None
 
     @property
-    def health(self) -> HostHealth:
+    def health(self) -> ConnectionHealth:
         return self._health
 
     @property
@@ -217,7 +219,7 @@ class SshWorker:
 
     def _set_health(self, up: bool, error: str | None) -> None:
         since = self._health.since if up == self._health.up else time.time()
-        self._health = HostHealth(up, since, error)
+        self._health = ConnectionHealth(up, since, error)
 
     async def _run(self, kind: str, command: str, timeout: float, stdin: str | None = None) -> str:
         return await self._call(await self._connection(), kind, command, timeout, stdin)

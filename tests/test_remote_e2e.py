@@ -1,0 +1,153 @@
+"""One daemon drives local GPUs and SSH hosts: real sshd servers, real processes, real kill -9."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Exq, wait_until
+from sshhosts import SshHosts
+
+Start = Callable[[list[tuple[str, str]]], SshHosts]
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Path]:
+    """A work directory every host's user can write (the hosts' logins are separate users)."""
+    path = Path(tempfile.mkdtemp(prefix="exq-e2e-", dir="/tmp"))
+    path.chmod(0o777)
+    (path / "marks").mkdir(mode=0o777)
+    (path / "marks").chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def configure(exq: Exq, hosts: SshHosts, *, lost_timeout: str = "60s", local: bool = True) -> None:
+    lines = ["hosts:"]
+    for host in hosts:
+        lines.append(f"  {host.name}: {{address: {host.name}, ssh_config: {hosts.client_config}, "
+                     f"lost_timeout: {lost_timeout}, keepalive: 0.5s, keepalive_count: 2, connect_timeout: 5s}}")
+    if not local:
+        lines.append("  local: {enabled: false}")
+    config = exq.root / "config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    exq.env["EXQ_CONFIG"] = str(config)
+
+
+def marks(shared: Path, job: str) -> list[str]:
+    path = shared / "marks" / job
+    return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+def grid_manifest(exq: Exq, shared: Path, ids: int, seconds: float, extra: str = "") -> Path:
+    return exq.manifest(f"""
+        name: spread
+        workdir: {shared}
+        gpus: 1
+        grid: {{i: {list(range(ids))}}}
+        id: "j{{i}}"
+        cmd: >-
+          umask 0;
+          echo "start $(id -un) $CUDA_VISIBLE_DEVICES" >> marks/j{{i}};
+          sleep {seconds};
+          echo done >> marks/j{{i}}
+        {textwrap.indent(extra, "        ").strip()}
+    """)
+
+
+def test_grid_spreads_over_two_ssh_hosts_and_local(exq: Exq, ssh_hosts: Start, shared: Path) -> None:
+    hosts = ssh_hosts([("h1", "2x24GiB"), ("h2", "1x24GiB")])
+    configure(exq, hosts)
+    exq.env["EXQ_SIMULATE_GPUS"] = "1x24GiB"
+    exq("run", str(grid_manifest(exq, shared, ids=8, seconds=1.0)), timeout=120)
+    jobs = exq.jobs()
+    assert {j["status"] for j in jobs.values()} == {"succeeded"}
+    assert {j["host"] for j in jobs.values()} == {"local", "h1", "h2"}
+    for name, job in jobs.items():
+        lines = marks(shared, name)
+        assert len(lines) == 2 and lines[1] == "done", lines
+        user = lines[0].split()[1]
+        expected_user = hosts[job["host"]].user if job["host"] != "local" else "root"
+        assert user == expected_user and lines[0].split()[2] == str(job["gpus"][0])
+    assert "h1" in exq("status", "--all").stdout
+
+
+def test_killed_host_jobs_move_to_other_hosts_and_none_completes_twice(
+    exq: Exq, ssh_hosts: Start, shared: Path
+) -> None:
+    hosts = ssh_hosts([("h1", "2x24GiB"), ("h2", "2x24GiB")])
+    configure(exq, hosts, lost_timeout="2s", local=False)
+    exq.start_daemon()
+    exq("submit", str(grid_manifest(exq, shared, ids=6, seconds=3.0)))
+    wait_until(lambda: sum(1 for j in exq.jobs().values() if j["host"] == "h1" and j["status"] == "running") >= 1,
+               60, 0.2)
+    victims = [n for n, j in exq.jobs().items() if j["host"] == "h1" and j["status"] == "running"]
+    hosts["h1"].kill()
+    wait_until(lambda: all(exq.jobs()[v]["status"] in ("unknown", "queued", "running") for v in victims), 20)
+    jobs = exq.wait_finished(6, timeout=120)
+    assert {j["status"] for j in jobs.values()} == {"succeeded"}
+    for victim in victims:
+        job = jobs[victim]
+        assert job["attempts"][0]["host"] == "h1" and job["attempts"][0]["outcome"] == "lost"
+        assert "host h1 lost" in job["attempts"][0]["reason"] and job["host"] == "h2"
+    for name in jobs:
+        assert marks(shared, name).count("done") == 1, (name, marks(shared, name))
+
+
+def test_daemon_kill9_while_remote_jobs_run_reattaches_without_relaunch(
+    exq: Exq, ssh_hosts: Start, shared: Path
+) -> None:
+    hosts = ssh_hosts([("h1", "2x24GiB")])
+    configure(exq, hosts, local=False)
+    daemon = exq.start_daemon()
+    exq("submit", str(grid_manifest(exq, shared, ids=2, seconds=4.0)))
+    wait_until(lambda: all(j["attempts"] and j["attempts"][0]["pid"] for j in exq.jobs().values())
+               and len(exq.jobs()) == 2, 60, 0.2)
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(10)
+    exq.start_daemon()
+    jobs = exq.wait_finished(2, timeout=60)
+    for name, job in jobs.items():
+        assert job["status"] == "succeeded" and len(job["attempts"]) == 1
+        assert [line.split()[0] for line in marks(shared, name)] == ["start", "done"]
+
+
+def test_remote_oom_is_retried_with_a_smaller_batch(exq: Exq, ssh_hosts: Start, shared: Path) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    configure(exq, hosts, local=False)
+    manifest = exq.manifest(f"""
+        name: oom
+        workdir: {shared}
+        params: {{batch_size: 256}}
+        retry: {{oom: {{max: 3, backoff: 0.2s}}}}
+        on_oom: {{scale: {{param: batch_size, factor: 0.5, min: 8}}}}
+        id: job
+        cmd: >-
+          echo {{batch_size}} >> marks/job;
+          if [ {{batch_size}} -gt 64 ]; then echo "RuntimeError: CUDA out of memory." >&2; exit 1; fi
+    """)
+    exq("run", str(manifest), timeout=120)
+    job = exq.jobs()["job"]
+    assert job["status"] == "succeeded" and job["params"]["batch_size"] == 64
+    assert [a["outcome"] for a in job["attempts"]] == ["oom", "oom", "succeeded"]
+    assert marks(shared, "job") == ["256", "128", "64"]
+
+
+def test_unknown_host_key_is_refused_with_a_clear_message(exq: Exq, ssh_hosts: Start, tmp_path: Path) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    config = hosts.client_config.read_text().replace(str(hosts["h1"].known_hosts), str(empty))
+    (tmp_path / "ssh_config").write_text(config)
+    (exq.root / "config.yaml").write_text(f"hosts:\n  h1: {{address: h1, ssh_config: {tmp_path / 'ssh_config'}}}\n")
+    exq.env["EXQ_CONFIG"] = str(exq.root / "config.yaml")
+    proc = exq("hosts", "--json", check=False)
+    assert proc.returncode == 1
+    report = {h["name"]: h for h in __import__("json").loads(proc.stdout)}
+    assert report["local"]["up"] and not report["h1"]["up"]
+    assert "h1" in report["h1"]["error"] and "host key" in report["h1"]["error"].lower()
