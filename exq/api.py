@@ -15,6 +15,7 @@ from typing import Any
 
 from exq.config import ExqConfig, load_config
 from exq.errors import DaemonRunningError, ExqError
+from exq.forward import forward, split_host
 from exq.queue import intake
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.gpus.select import select_probe
@@ -50,6 +51,7 @@ __all__ = [
     "control",
     "daemon_alive",
     "find_job",
+    "forward",
     "load_config",
     "load_manifest",
     "parse_manifest",
@@ -57,6 +59,7 @@ __all__ = [
     "probe_hosts",
     "scheduler_config",
     "serve",
+    "split_host",
     "state_json",
     "state_paths",
     "status",

@@ -32,10 +32,12 @@ class _Context:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", type=click.Path(path_type=Path), envvar="EXQ_STATE_DIR",
               help="State directory (default: $XDG_STATE_HOME/exq or ~/.local/state/exq).")
+@click.option("--host", metavar="NODE",
+              help="Run the command on NODE over SSH (its daemon, its state); nothing listens on a port.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug, -vvv with SSH details).")
 @click.version_option(__version__, prog_name="exq")
 @click.pass_context
-def cli(ctx: click.Context, state_dir: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, state_dir: Path | None, host: str | None, verbose: int) -> None:
     """exq: a GPU experiment queue. Submit YAML manifests; the daemon places jobs on free GPUs.
 
     \b
@@ -307,6 +309,9 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
 def main() -> None:
     """Entry point: the one error boundary mapping exq errors to messages and exit codes."""
     try:
+        node, args = api.split_host(sys.argv[1:])
+        if node is not None and not {"-h", "--help"} & set(args[:1]):
+            sys.exit(api.forward(node, args))
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         err_console.print("aborted")

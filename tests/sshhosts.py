@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +90,8 @@ class SshHost:
     identity: Path
     known_hosts: Path
     known_hosts_line: str = ""
+    root_login: bool = False
+    """Logs in as root (for tests that run this checkout's exq on the host); kill/stop touch only sshd."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _stopped: set[int] = field(default_factory=set, repr=False)
 
@@ -122,13 +124,13 @@ class SshHost:
 ListenAddress {self.address}:{self.port}
 HostKey {self.dir}/ssh_host_ed25519_key
 PidFile {self.dir}/sshd.pid
-AuthorizedKeysFile {self.home}/.ssh/authorized_keys
+AuthorizedKeysFile {self.dir if self.root_login else self.home / ".ssh"}/authorized_keys
 StrictModes no
 UsePAM no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
-PermitRootLogin no
+PermitRootLogin {"prohibit-password" if self.root_login else "no"}
 AllowUsers {self.user}
 MaxSessions 100
 MaxStartups 100:30:200
@@ -191,6 +193,8 @@ SetEnv PATH={path} EXQ_FAKE_GPUS={self.gpus} EXQ_FAKE_GPUS_LOAD={self.load_file}
             with contextlib.suppress(psutil.Error):
                 listener = psutil.Process(self.process.pid)
                 procs += [listener, *listener.children(recursive=True)]
+        if self.root_login:
+            return procs  # never every process of root: only this host's sshd and its sessions
         uid = self.uid
         for proc in psutil.process_iter(["uids"]):
             uids = proc.info["uids"]
@@ -269,6 +273,8 @@ class SshHosts:
                 host.kill()
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
                 errors.append(f"{host.name}: {exc}")
+            if host.root_login:
+                continue
             try:
                 _check("userdel", "-r", "-f", host.user, timeout=20)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -281,6 +287,12 @@ class SshHosts:
 
 
 def _create_user(host: SshHost, public_key: str) -> None:
+    if host.root_login:  # no account to create; keys in the host's own dir, never in /root/.ssh
+        (host.home / "bin").mkdir(parents=True)
+        shutil.copyfile(FAKE_NVIDIA_SMI, host.home / "bin" / "nvidia-smi")
+        (host.home / "bin" / "nvidia-smi").chmod(0o755)
+        (host.dir / "authorized_keys").write_text(public_key)
+        return
     _check("useradd", "-m", "-d", str(host.home), "-s", "/bin/sh", host.user)
     _check("usermod", "-p", "*", host.user)  # unlocked, no password: key logins work with UsePAM no
     bin_dir, ssh_dir = host.home / "bin", host.home / ".ssh"
@@ -292,12 +304,13 @@ def _create_user(host: SshHost, public_key: str) -> None:
     _check("chown", "-R", f"{host.user}:", str(host.home))
 
 
-def _add_host(hosts: SshHosts, number: int, name: str, gpus: str, public_key: str) -> SshHost:
+def _add_host(hosts: SshHosts, number: int, name: str, gpus: str, public_key: str, root_login: bool) -> SshHost:
     address = f"127.0.0.{number + 2}"
+    user = "root" if root_login else f"exq-{name.lower()[:12]}-{secrets.token_hex(2)}"
     host = SshHost(
-        name=name, address=address, port=_free_port(address), user=f"exq-{name.lower()[:12]}-{secrets.token_hex(2)}",
+        name=name, address=address, port=_free_port(address), user=user,
         home=hosts.homes / name, gpus=gpus, dir=hosts.root / name, client_config=hosts.client_config,
-        identity=hosts.identity, known_hosts=hosts.known_hosts,
+        identity=hosts.identity, known_hosts=hosts.known_hosts, root_login=root_login,
     )
     hosts.hosts[name] = host
     host.dir.mkdir(mode=0o700)
@@ -326,8 +339,11 @@ Host {host.name}
 """
 
 
-def start_hosts(tmp_root: Path, specs: list[tuple[str, str]]) -> SshHosts:
-    """Start one SSH host per (name, GPU spec) such as ("h1", "2x24GiB"), on 127.0.0.2, .3, ..."""
+def start_hosts(tmp_root: Path, specs: list[tuple[str, str]], root_login: Collection[str] = ()) -> SshHosts:
+    """Start one SSH host per (name, GPU spec) such as ("h1", "2x24GiB"), on 127.0.0.2, .3, ...
+
+    Hosts named in `root_login` log in as root (to run this checkout's exq there).
+    """
     tmp_root.mkdir(parents=True, exist_ok=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     homes = Path(tempfile.mkdtemp(prefix="exq-sshhosts-", dir="/tmp"))
@@ -337,7 +353,7 @@ def start_hosts(tmp_root: Path, specs: list[tuple[str, str]]) -> SshHosts:
         _keygen(hosts.identity, "exq-tests")
         public_key = hosts.identity.with_suffix(".pub").read_text()
         for number, (name, gpus) in enumerate(specs):
-            _add_host(hosts, number, name, gpus, public_key)
+            _add_host(hosts, number, name, gpus, public_key, name in root_login)
         hosts.known_hosts.write_text("".join(h.known_hosts_line + "\n" for h in hosts))
         hosts.client_config.write_text("\n".join(_client_config(h) for h in hosts))
     except BaseException:
@@ -347,15 +363,15 @@ def start_hosts(tmp_root: Path, specs: list[tuple[str, str]]) -> SshHosts:
 
 
 @pytest.fixture
-def ssh_hosts(tmp_path: Path) -> Iterator[Callable[[list[tuple[str, str]]], SshHosts]]:
-    """A factory `start(specs) -> SshHosts`; skips the test without sshd; closes the hosts after it."""
+def ssh_hosts(tmp_path: Path) -> Iterator[Callable[..., SshHosts]]:
+    """A factory `start(specs, root_login=()) -> SshHosts`; skips without sshd; closes the hosts after."""
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
     started: list[SshHosts] = []
 
-    def start(specs: list[tuple[str, str]]) -> SshHosts:
-        started.append(start_hosts(tmp_path / f"ssh{len(started)}", specs))
+    def start(specs: list[tuple[str, str]], root_login: Collection[str] = ()) -> SshHosts:
+        started.append(start_hosts(tmp_path / f"ssh{len(started)}", specs, root_login))
         return started[-1]
 
     yield start

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import EXQ as EXQ_CMD
 from conftest import Exq, wait_until
 from sshhosts import SshHosts
 
-Start = Callable[[list[tuple[str, str]]], SshHosts]
+Start = Callable[..., SshHosts]
 
 
 @pytest.fixture
@@ -148,6 +152,34 @@ def test_unknown_host_key_is_refused_with_a_clear_message(exq: Exq, ssh_hosts: S
     exq.env["EXQ_CONFIG"] = str(exq.root / "config.yaml")
     proc = exq("hosts", "--json", check=False)
     assert proc.returncode == 1
-    report = {h["name"]: h for h in __import__("json").loads(proc.stdout)}
+    report = {h["name"]: h for h in json.loads(proc.stdout)}
     assert report["local"]["up"] and not report["h1"]["up"]
     assert "h1" in report["h1"]["error"] and "host key" in report["h1"]["error"].lower()
+
+
+def test_laptop_submits_and_reads_status_through_sshd(exq: Exq, ssh_hosts: Start, shared: Path) -> None:
+    """`exq --host NODE ...` runs the node's exq over SSH: durable submit, status, logs; no open port."""
+    hosts = ssh_hosts([("node", "1x24GiB")], root_login={"node"})
+    exq.start_daemon()  # the node's daemon, on the node's state dir
+    laptop = dict(exq.env, EXQ_STATE_DIR=str(exq.root / "laptop-state"),
+                  EXQ_REMOTE_EXQ=f"env EXQ_STATE_DIR={exq.state_dir} {sys.executable} -m exq")
+    config = exq.root / "laptop-config.yaml"
+    config.write_text(f"hosts:\n  node: {{address: node, ssh_config: {hosts.client_config}}}\n")
+    laptop["EXQ_CONFIG"] = str(config)
+
+    def on_laptop(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*EXQ_CMD, "--host", "node", *args], env=laptop, capture_output=True, text=True,
+                              timeout=60, cwd=exq.root)
+
+    manifest = exq.manifest(f"name: remote\nworkdir: {shared}\ngpus: 0\nid: hello\ncmd: echo hello from $(hostname)\n",
+                            name="laptop.yaml")
+    submitted = on_laptop("submit", str(manifest))
+    assert submitted.returncode == 0 and "submitted 1 job(s) as submission 1" in submitted.stdout
+    wait_until(lambda: json.loads(on_laptop("status", "--json").stdout)["jobs"][0]["status"] == "succeeded", 60, 0.5)
+    assert on_laptop("logs", "hello").stdout.startswith("hello from ")
+    assert not (exq.root / "laptop-state").exists()  # nothing was written on the laptop side
+    bad = exq.manifest("name: remote\ngpus: many\ncmd: 'true'\n", name="bad.yaml")
+    refused = on_laptop("submit", str(bad))
+    assert refused.returncode == 2 and "bad.yaml:2:7: gpus:" in refused.stderr
+    local_only = on_laptop("run", str(manifest))
+    assert local_only.returncode == 1 and "runs on the node itself" in local_only.stderr

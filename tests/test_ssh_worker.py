@@ -27,7 +27,8 @@ from exq.queue.outcome import Outcome
 from exq.queue.workers import remote
 from exq.queue.workers.base import LaunchRequest, RunRecord
 from exq.queue.workers.local import RUNNER_PATH
-from exq.queue.workers.ssh import HostKeyError, HostUnreachableError, SshWorker
+from exq.queue.workers.ssh import SshWorker
+from exq.queue.workers.sshconn import HostKeyError, HostUnreachableError
 
 T = TypeVar("T")
 Start = Callable[[list[tuple[str, str]]], SshHosts]

@@ -14,7 +14,6 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncssh
 
@@ -22,9 +21,10 @@ from exq.config import HostConfig
 from exq.errors import WorkerError
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.gpus.nvidia_smi import PROBE_COMMAND, parse_probe_output
-from exq.queue.workers import remote
+from exq.queue.workers import remote, sshconn
 from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
 from exq.queue.workers.local import RUNNER_PATH, START_TIMEOUT
+from exq.queue.workers.sshconn import HostUnreachableError, connect, describe
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,6 @@ COMMAND_TIMEOUT = 30.0
 PROBE_TIMEOUT = 60.0
 MAX_CHANNELS = 8
 """Commands in flight on one connection (OpenSSH's MaxSessions defaults to 10)."""
-
-
-class HostKeyError(WorkerError):
-    """The host's key is unknown or changed: exq never connects to an unverified host."""
-
-
-class HostUnreachableError(WorkerError):
-    """The host cannot be reached now (connect failed, connection dropped, no answer in time)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +101,7 @@ class SshWorker:
 
     @property
     def address(self) -> str:
-        return self.host.address or self.name
+        return sshconn.address(self.name, self.host)
 
     # --- connection --------------------------------------------------------------------------
 
@@ -139,46 +131,10 @@ class SshWorker:
             self._set_health(True, None)
             return conn
 
-    def _options(self) -> dict[str, object]:
-        host = self.host
-        options: dict[str, object] = {
-            "keepalive_interval": host.keepalive,
-            "keepalive_count_max": host.keepalive_count,
-            "connect_timeout": host.connect_timeout,
-        }
-        if host.port is not None:
-            options["port"] = host.port
-        if host.user is not None:
-            options["username"] = host.user
-        if host.identity_file is not None:
-            options["client_keys"] = [str(Path(host.identity_file).expanduser())]
-        if host.known_hosts is not None:
-            options["known_hosts"] = str(Path(host.known_hosts).expanduser())
-        if host.ssh_config is not None:
-            options["config"] = [str(Path(host.ssh_config).expanduser())]
-        return options
-
     async def _open(self) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """Connect, then set the exq dir up; close the connection again if the setup fails."""
-        options = self._options()
         client = _Client(self)
-        try:
-            checked = await asyncssh.SSHClientConnectionOptions.construct(host=self.address, **options)
-            if checked.known_hosts is None:  # `UserKnownHostsFile none` would accept any key
-                default = Path("~/.ssh/known_hosts").expanduser()
-                options["known_hosts"] = str(default) if default.is_file() else b""
-            conn = await asyncio.wait_for(
-                asyncssh.connect(self.address, client_factory=lambda: client, **options),
-                self.host.connect_timeout + 5)
-        except asyncssh.HostKeyNotVerifiable as exc:
-            port = self.host.port or 22
-            raise HostKeyError(
-                f"host {self.name} ({self.address}, port {port}): host key not verified: {exc}. "
-                f"Check the key's fingerprint with the host's owner, then add it with "
-                f"`ssh-keyscan -p {port} {self.address} >> ~/.ssh/known_hosts` (or the host's "
-                f"known_hosts file); exq never accepts unverified host keys") from exc
-        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
-            raise HostUnreachableError(f"host {self.name} ({self.address}) unreachable: {_describe(exc)}") from exc
+        conn = await connect(self.name, self.host, client_factory=lambda: client)
         try:
             await self._setup(conn)
         except BaseException:
@@ -201,12 +157,12 @@ class SshWorker:
                     await sftp.chmod(tmp, 0o700)
                     await sftp.posix_rename(tmp, target)
             except (OSError, asyncssh.Error, TimeoutError) as exc:
-                raise HostUnreachableError(f"host {self.name}: cannot upload {target}: {_describe(exc)}") from exc
+                raise HostUnreachableError(f"host {self.name}: cannot upload {target}: {describe(exc)}") from exc
         self.home, self.exq_dir = setup.home, setup.exq_dir
 
     def _lost(self, client: _Client, exc: Exception | None) -> None:
         if client is self._client:
-            self._drop(f"connection lost: {_describe(exc)}" if exc else "connection closed")
+            self._drop(f"connection lost: {describe(exc)}" if exc else "connection closed")
 
     def _drop(self, reason: str) -> None:
         """Forget the connection (the next call reconnects at once) and mark the host down."""
@@ -235,9 +191,9 @@ class SshWorker:
             except asyncssh.ChannelOpenError as exc:
                 if conn is self._conn:
                     raise WorkerError(f"host {self.name}: cannot open a channel for {kind}: {exc}") from exc
-                raise HostUnreachableError(f"host {self.name}: {kind}: {_describe(exc)}") from exc
+                raise HostUnreachableError(f"host {self.name}: {kind}: {describe(exc)}") from exc
             except (OSError, asyncssh.Error, TimeoutError) as exc:
-                reason = f"no answer to {kind} within {timeout:g}s" if isinstance(exc, TimeoutError) else _describe(exc)
+                reason = f"no answer to {kind} within {timeout:g}s" if isinstance(exc, TimeoutError) else describe(exc)
                 self._drop_if_current(conn, reason)
                 raise HostUnreachableError(f"host {self.name} unreachable: {reason}") from exc
         if result.exit_status is None and result.exit_signal is None:
@@ -362,11 +318,3 @@ class SshWorker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 5)
         self._set_health(False, "closed")
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

@@ -1,0 +1,93 @@
+"""`exq --host NODE ...`: the same command, run by the exq on NODE over SSH; no network port is opened.
+
+NODE is a host of exq's config, or any name ssh knows (~/.ssh/config alias, address). Host keys are
+verified as everywhere in exq. `submit FILE` sends the manifest's text: on NODE a relative workdir
+is resolved from the login's home directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import asyncssh
+
+from exq.config import LOCAL, HostConfig, load_config
+from exq.errors import ExqError
+from exq.queue.workers import sshconn
+
+REMOTE_EXQ_ENV = "EXQ_REMOTE_EXQ"
+"""How to run exq on the node (default `exq`), e.g. `~/exq/.venv/bin/exq`."""
+NOT_FORWARDED = {"daemon", "run"}
+
+
+def forward(node: str, args: list[str]) -> int:
+    """Run `exq ARGS` on NODE, streaming its output here; returns its exit status."""
+    args, stdin = _prepare(args)
+    return asyncio.run(_forward(node, args, stdin))
+
+
+def split_host(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(NODE, the other arguments) when `--host NODE` comes before the command, else (None, argv)."""
+    for index, arg in enumerate(argv):
+        if arg == "--host" and index + 1 < len(argv):
+            return argv[index + 1], argv[:index] + argv[index + 2:]
+        if arg.startswith("--host="):
+            return arg.split("=", 1)[1], argv[:index] + argv[index + 1:]
+        if not arg.startswith("-"):
+            break
+    return None, argv
+
+
+def _prepare(args: list[str]) -> tuple[list[str], bytes | None]:
+    """The arguments to send, and the manifest text to send as stdin for `submit FILE`."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command in NOT_FORWARDED:
+        raise ExqError(f"`exq {command}` runs on the node itself; from here use `exq --host NODE submit`")
+    if command != "submit":
+        return args, None
+    at = args.index("submit")
+    rest = args[at + 1:]
+    files = [a for a in rest if not a.startswith("-")]
+    if len(files) != 1 or files[0] == "-":
+        return args, None
+    path = Path(files[0])
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ExqError(f"cannot read manifest {path}: {exc}") from None
+    rest = ["-" if a == files[0] else a for a in rest]
+    return [*args[:at + 1], *rest, "--stdin-name", path.name], text
+
+
+async def _forward(node: str, args: list[str], stdin: bytes | None) -> int:
+    if node == LOCAL:
+        raise ExqError("--host local: run exq without --host on this machine")
+    host = load_config().hosts.get(node, HostConfig())
+    remote_exq = shlex.split(os.environ.get(REMOTE_EXQ_ENV, "exq"))
+    command = " ".join(shlex.quote(part) for part in [*remote_exq, *args])
+    conn = await sshconn.connect(node, host)
+    async with conn:
+        process = await conn.create_process(command, encoding=None)
+        if stdin is not None:
+            process.stdin.write(stdin)
+        process.stdin.write_eof()
+        await asyncio.gather(_pump(process.stdout, sys.stdout.buffer), _pump(process.stderr, sys.stderr.buffer))
+        await process.wait()
+    status = process.exit_status
+    if status is None:
+        raise ExqError(f"lost the connection to {node} before the command finished")
+    if status == 127:
+        raise ExqError(f"exq was not found on {node}; set {REMOTE_EXQ_ENV} to the exq command there "
+                       f"(e.g. {REMOTE_EXQ_ENV}=~/exq/.venv/bin/exq)")
+    return status
+
+
+async def _pump(reader: asyncssh.SSHReader[bytes], out: BinaryIO) -> None:
+    while chunk := await reader.read(65536):
+        out.write(chunk)
+        out.flush()
