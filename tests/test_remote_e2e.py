@@ -183,3 +183,49 @@ def test_laptop_submits_and_reads_status_through_sshd(exq: Exq, ssh_hosts: Start
     assert refused.returncode == 2 and "bad.yaml:2:7: gpus:" in refused.stderr
     local_only = on_laptop("run", str(manifest))
     assert local_only.returncode == 1 and "runs on the node itself" in local_only.stderr
+
+
+def test_sync_copies_the_workdir_before_the_first_job_and_skips_excluded(
+    exq: Exq, ssh_hosts: Start, tmp_path: Path
+) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    configure(exq, hosts, local=False)
+    project = tmp_path / "project"  # readable by root only: the job can only see the synced copy
+    (project / "ckpt").mkdir(parents=True)
+    (project / "train.sh").write_text('echo "trained with $1" > out.txt\n')
+    (project / "ckpt" / "big.pt").write_bytes(b"x" * 1000)
+    manifest = exq.manifest(f"""
+        name: synced
+        workdir: {project}
+        sync: {{dest: work, exclude: ["*.pt"]}}
+        grid: {{lr: [0.1, 0.2]}}
+        id: "j{{lr}}"
+        outputs: [out.txt]
+        cmd: sh train.sh {{lr}}
+    """)
+    exq("run", str(manifest), timeout=120)
+    jobs = exq.jobs()
+    assert {j["status"] for j in jobs.values()} == {"succeeded"}
+    home = hosts["h1"].home
+    assert {j["attempts"][0]["workdir"] for j in jobs.values()} == {f"{home}/work"}
+    listing = hosts["h1"].run("cd work && ls -R").stdout.split()
+    assert "train.sh" in listing and "out.txt" in listing and "big.pt" not in listing
+    assert not (project / "out.txt").exists()
+
+
+def test_failed_sync_keeps_the_jobs_off_that_host_and_says_why(exq: Exq, ssh_hosts: Start, tmp_path: Path) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    configure(exq, hosts, local=False)
+    (tmp_path / "project").mkdir()
+    manifest = exq.manifest(f"""
+        name: badsync
+        workdir: {tmp_path / "project"}
+        sync: {{dest: /proc/exq-cannot-write-here}}
+        id: job
+        cmd: "true"
+    """)
+    exq.start_daemon()
+    exq("submit", str(manifest))
+    job = wait_until(lambda: (j := exq.jobs().get("job")) and "copying its workdir to h1 failed" in (j["reason"] or "")
+                     and j, 60, 0.3)
+    assert job["status"] == "queued" and job["attempts"] == []

@@ -64,6 +64,13 @@ class OomScale(_Frozen):
         return max(int(self.min), int(scaled)) if isinstance(current, int) else scaled
 
 
+class SyncSpec(_Frozen):
+    """Copy the workdir to an SSH host before the submission's first job there."""
+
+    dest: str = Field(description="Where on the host (relative: from the login's home); jobs run there.")
+    exclude: list[str] = Field(default_factory=list, description="Globs of paths not copied.")
+
+
 class JobSpec(_Frozen):
     """One job of a submission, fully expanded from its manifest."""
 
@@ -82,6 +89,7 @@ class JobSpec(_Frozen):
     outputs: list[str] = Field(default_factory=list, description="Globs, relative to workdir, required after exit 0.")
     priority: int = 0
     hosts: list[str] | None = Field(None, description="Hosts the job may run on (default: any).")
+    sync: SyncSpec | None = None
 
 
 class SubmissionSpec(_Frozen):

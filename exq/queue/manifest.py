@@ -33,6 +33,7 @@ from exq.queue.jobspec import (
     RetryPolicy,
     Scalar,
     SubmissionSpec,
+    SyncSpec,
 )
 from exq.queue.template import TemplateError, placeholders, render, render_cmd, render_id
 from exq.queue.template import format_value as _text
@@ -171,16 +172,28 @@ class PhaseModel(JobsModel):
     cmd: Str
 
 
+class SyncModel(_Model):
+    """Copy the workdir to each SSH host before its first job there."""
+
+    dest: Str | None = None
+    exclude: Names = []
+
+
+def _sync_shorthand(value: Any) -> Any:
+    return {} if value is True else None if value is False else value
+
+
 class ManifestModel(JobsModel):
     name: Name
     workdir: Str | None = None
+    sync: Annotated[SyncModel | None, BeforeValidator(_sync_shorthand)] = None
     defaults: SettingsModel = SettingsModel()
     phases: list[PhaseModel] | None = None
     cmd: Str | None = None
 
 
 _SETTINGS = set(SettingsModel.model_fields)
-_TOP_ONLY = {"name", "workdir", "defaults", "phases", "env", "setup"}
+_TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup"}
 _RESOURCES = ("gpus", "gpu_memory", "share", "timeout")
 _RESERVED = ("phase", "id")
 
@@ -243,6 +256,7 @@ class _Context:
     model: ManifestModel
     workdir: str
     problems: Problems
+    sync: SyncSpec | None = None
 
 
 class _PhaseBuilder:
@@ -322,6 +336,7 @@ class _PhaseBuilder:
             outputs=[render(glob, values, quote=False) for glob in s.get("outputs", [])],
             priority=s.get("priority", 0),
             hosts=s.get("hosts"),
+            sync=self.ctx.sync,
         )
 
     def check_scale(self, jobs: list[JobSpec]) -> None:
@@ -373,7 +388,11 @@ def _check_unique(jobs: list[JobSpec], paths: Mapping[str, Path], problems: Prob
 
 def _expand(model: ManifestModel, source: str, problems: Problems) -> SubmissionSpec:
     phases = _phases(model, problems)
-    ctx = _Context(model, _workdir(model, source, problems), problems)
+    workdir = _workdir(model, source, problems)
+    sync = None
+    if model.sync is not None:
+        sync = SyncSpec(dest=model.sync.dest or workdir, exclude=list(model.sync.exclude))
+    ctx = _Context(model, workdir, problems, sync)
     jobs: list[JobSpec] = []
     graph: list[expand.PhaseJobs] = []
     for phase in phases:

@@ -21,6 +21,7 @@ from typing import Any
 from exq.errors import ExqError, WorkerError
 from exq.queue import control, intake
 from exq.queue.classify import classify
+from exq.queue.codesync import WorkdirCopies
 from exq.queue.events import Blocked, Ended, Event, HostDown, HostUp, Launched, Started, Submitted
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.hosts import Change, HostHealth, HostTracker
@@ -99,6 +100,7 @@ class Scheduler:
         self._next_ready_at: float | None = None
         self._pending: list[Event] = []
         self._hosts = HostTracker(self.config.lost_timeouts, self.config.lost_timeout)
+        self._copies = WorkdirCopies(self._wake_up)
         self._probed_at: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -126,6 +128,7 @@ class Scheduler:
                     break
                 await self._sleep()
         finally:
+            self._copies.cancel()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -251,7 +254,8 @@ class Scheduler:
     async def _report(self, job: Job) -> AttemptReport:
         attempt = job.attempts[-1]
         worker = self.workers[attempt.host]
-        return await worker.report(attempt.dir, job.spec.workdir, _result_file(attempt), job.spec.outputs)
+        workdir = attempt.workdir or job.spec.workdir
+        return await worker.report(attempt.dir, workdir, _result_file(attempt), job.spec.outputs)
 
     def _finish_attempt(self, job: Job, report: AttemptReport) -> None:
         attempt = job.attempts[-1]
@@ -359,7 +363,7 @@ class Scheduler:
         if not ready:
             return
         await self._refresh_probes()
-        launches: list[tuple[Job, Placement]] = []
+        launches: list[tuple[Job, Placement, str]] = []
         cpu_jobs = sum(1 for r in self._reservations.values() if not r.gpus)
         loads = gpu_loads(self._snapshots, self._reservations.values())
         unfit: dict[tuple[Resources, tuple[str, ...] | None], str] = {}
@@ -371,6 +375,7 @@ class Scheduler:
             if shape in unfit and not avoid:
                 self._note(job, unfit[shape])
                 continue
+            hosts = self._usable_hosts(job, hosts)
             placement: Placement | None = None
             if res.gpus == 0:
                 host = self._cpu_host(hosts)
@@ -382,21 +387,38 @@ class Scheduler:
                                   hosts=hosts, avoid=avoid)
             if placement is None:
                 allowed = [ld for ld in loads if hosts is None or ld.host in hosts]
-                unfit[shape] = unfit.get(shape) or (
+                reason = unfit.get(shape) or (
                     why_waiting(res, allowed, self.config.foreign_threshold) if res.gpus
                     else "waiting for a CPU job slot on an answering host")
-                self._note(job, unfit[shape])
+                unfit[shape] = reason
+                failed = self._copies.failed(job.submission).items()
+                self._note(job, reason + "".join(f"; copying its workdir to {h} failed: {e}" for h, e in failed))
+                continue
+            workdir = self._copies.workdir(job.submission, job.spec, placement.host, self.workers[placement.host])
+            if workdir is None:
+                self._note(job, f"waiting for its workdir to be copied to {placement.host}")
                 continue
             self._reservations[job.key] = Reservation(
                 job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
-            launches.append((job, placement))
+            launches.append((job, placement, workdir))
             if placement.gpus:
                 loads = gpu_loads(self._snapshots, self._reservations.values())
         if launches:
-            self._commit([Launched(at=now, key=job.key, attempt=self._new_attempt(job, p, now))
-                          for job, p in launches])
-            await asyncio.gather(*(self._start(job) for job, _ in launches))
+            self._commit([Launched(at=now, key=job.key, attempt=self._new_attempt(job, p, now, workdir))
+                          for job, p, workdir in launches])
+            await asyncio.gather(*(self._start(job) for job, _, _ in launches))
             self._flush()
+
+    def _usable_hosts(self, job: Job, hosts: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """`hosts` (None: any) less those the copy of the job's workdir failed on."""
+        if not self._copies.failed(job.submission):
+            return hosts
+        return self._copies.usable_hosts(job.submission, hosts if hosts is not None else self.workers)
+
+    def _wake_up(self) -> None:
+        self._dirty = True
+        if self._wake is not None:
+            self._wake.set()
 
     def _cpu_host(self, hosts: tuple[str, ...] | None) -> str | None:
         """Where a CPU-only job runs: this machine when allowed, else the first answering allowed host."""
@@ -426,20 +448,20 @@ class Scheduler:
             job.reason = reason
             self.store.touch()
 
-    def _new_attempt(self, job: Job, placement: Placement, now: float) -> Attempt:
+    def _new_attempt(self, job: Job, placement: Placement, now: float, workdir: str) -> Attempt:
         number = len(job.attempts) + 1
         attempt_dir = self.workers[placement.host].attempt_dir(job.submission, job.id, number)
         return Attempt(
             number=number, host=placement.host, gpus=list(placement.gpus), gpu_uuids=list(placement.uuids),
             params=dict(job.params), cmd=job.cmd, dir=attempt_dir, log=posixpath.join(attempt_dir, "log"),
-            launched_at=now,
+            workdir=None if workdir == job.spec.workdir else workdir, launched_at=now,
         )
 
     async def _start(self, job: Job) -> None:
         attempt = job.attempts[-1]
         worker = self.workers[attempt.host]
         request = LaunchRequest(
-            attempt_dir=attempt.dir, cmd=attempt.cmd, workdir=job.spec.workdir,
+            attempt_dir=attempt.dir, cmd=attempt.cmd, workdir=attempt.workdir or job.spec.workdir,
             env=self._job_env(job, attempt), setup=job.spec.setup,
         )
         try:
@@ -466,13 +488,13 @@ class Scheduler:
         self._spawn(self._watch(job.key, attempt.number, self.workers[attempt.host], attempt.dir))
 
     async def _watch(self, key: str, number: int, worker: Worker, attempt_dir: str) -> None:
+        """Wait for the attempt to end, then hand it to the loop."""
         try:
             await worker.wait(attempt_dir)
         except ExqError as exc:
             log.error("%s: lost track of attempt %d: %s", key, number, exc)
         self._finished.append((key, number))
-        if self._wake is not None:
-            self._wake.set()
+        self._wake_up()
 
     def _kill(self, key: str) -> None:
         attempt = self.store.ledger.jobs[key].current_attempt

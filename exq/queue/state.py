@@ -47,6 +47,7 @@ class Attempt(_Model):
     params: dict[str, Scalar] = Field(description="Params of this attempt (after any on_oom scaling).")
     cmd: str
     dir: str = Field(description="Attempt directory on the host: log, pid and exit files.")
+    workdir: str | None = Field(None, description="Where the job ran, when not the manifest's workdir (sync).")
     log: str
     launched_at: float
     started_at: float | None = None

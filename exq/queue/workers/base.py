@@ -80,6 +80,11 @@ class Worker(Protocol):
         """Where attempt `number` of a job lives on this worker's host (absolute path there)."""
         ...
 
+    async def prepare_workdir(self, local: str, dest: str, exclude: list[str]) -> str:
+        """Make directory `local` of the daemon's machine available at `dest` on this host (copying
+        what changed, skipping `exclude` globs); returns the workdir jobs use there."""
+        ...
+
     async def probe(self) -> GpuSnapshot:
         """The host's GPUs now, with each GPU process's pgid where it can be read."""
         ...

@@ -203,6 +203,10 @@ class LocalWorker:
     def attempt_dir(self, submission: str, job_id: str, number: int) -> str:
         return os.path.join(self.jobs_root, submission, job_id, str(number))
 
+    async def prepare_workdir(self, local: str, dest: str, exclude: list[str]) -> str:
+        """Nothing to copy on the daemon's own machine: jobs run in `local` itself."""
+        return local
+
     async def probe(self) -> GpuSnapshot:
         return await asyncio.to_thread(self._probe.snapshot)
 

@@ -14,6 +14,7 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncssh
 
@@ -25,6 +26,7 @@ from exq.queue.workers import remote, sshconn
 from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
 from exq.queue.workers.local import RUNNER_PATH, START_TIMEOUT
 from exq.queue.workers.sshconn import HostUnreachableError, connect, describe
+from exq.queue.workers.sync import sync_tree
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +229,19 @@ class SshWorker:
                 raise WorkerError(f"host {self.name}: relative path {path!r} before the first connection")
             path = posixpath.join(self.home, path)
         return posixpath.normpath(path)
+
+    async def prepare_workdir(self, local: str, dest: str, exclude: list[str]) -> str:
+        """Copy what changed in directory `local` to `dest` on the host over SFTP; returns `dest`, absolute."""
+        conn = await self._connection()
+        target = self._path(dest)
+        try:
+            async with conn.start_sftp_client() as sftp:
+                stats = await sync_tree(sftp, Path(local), target, exclude)
+        except (OSError, asyncssh.Error) as exc:
+            raise HostUnreachableError(f"host {self.name}: code sync to {target}: {describe(exc)}") from exc
+        log.info("host %s: synced %s -> %s: %d of %d files uploaded (%d bytes) in %.1fs", self.name, local,
+                 target, stats.files_uploaded, stats.files_seen, stats.bytes_uploaded, stats.seconds)
+        return target
 
     async def probe(self) -> GpuSnapshot:
         out = await self._run("probe", PROBE_COMMAND, PROBE_TIMEOUT)
