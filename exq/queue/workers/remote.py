@@ -23,8 +23,10 @@ from exq.queue.workers.local import LOG_TAIL_BYTES, START_TIMEOUT, TOMBSTONE
 
 MARKER = "@@exq"
 RUNNER_NAME = "runner.sh"
-NAP = 0.05
-"""Seconds per tick of the remote wait loops (launch start, kill grace)."""
+NAP = 0.01
+"""Seconds per tick of the remote wait for a launched runner to record its pid."""
+KILL_NAP = 0.1
+"""Seconds per tick of the remote kill grace (each tick scans /proc for the job's process group)."""
 MAX_COMMAND_BYTES = 100_000
 """A command line is one argument of the login shell: Linux caps that at 128 KiB."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -127,7 +129,7 @@ while [ ! -e "$d/pid" ]; do
 done
 rec "$d"
 """
-_KILL = """\
+_KILL = f"""\
 d=$1; t=$2; p=; g=
 read -r p g _x 2>/dev/null < "$d/pid"
 case $p$g in ''|*[!0-9]*) echo "$M end"; exit 0 ;; esac
@@ -136,7 +138,7 @@ kill -TERM "-$g" 2>/dev/null
 i=0
 while galive "$g"; do
     if [ "$i" -ge "$t" ]; then kill -KILL "-$g" 2>/dev/null; echo "$M sigkill"; break; fi
-    nap 0.05
+    nap {KILL_NAP}
     i=$((i + 1))
 done
 """
@@ -211,7 +213,7 @@ def launch_command(runner: str, request: LaunchRequest, grace: float) -> str:
 
 def kill_command(attempt_dir: str, grace: float) -> str:
     """SIGTERM the job's group, SIGKILL it after `grace` s; nothing when the attempt has ended."""
-    ticks = max(0, math.ceil(grace / NAP))
+    ticks = max(0, math.ceil(grace / KILL_NAP))
     return _command("kill", _NAP + _RUNNING + _RALIVE + _GALIVE + _KILL, [attempt_dir, str(ticks)])
 
 

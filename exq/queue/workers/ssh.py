@@ -67,7 +67,7 @@ class SshWorker:
         node_id: str,
         *,
         cleanup_grace: float = 10.0,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.25,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
     ) -> None:
@@ -96,6 +96,7 @@ class SshWorker:
         self._last_error: WorkerError | None = None
         self._waiters: dict[str, list[asyncio.Future[RunRecord]]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._poll_now = asyncio.Event()
 
     @property
     def health(self) -> ConnectionHealth:
@@ -269,6 +270,7 @@ class SshWorker:
         d = self._path(attempt_dir)
         future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(d, []).append(future)
+        self._poll_now.set()  # a new attempt is looked at in the next round, not after a full interval
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         try:
@@ -296,7 +298,9 @@ class SshWorker:
                             if not future.done():
                                 future.set_result(record)
             if self._waiters:
-                await asyncio.sleep(self.poll_interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poll_now.wait(), self.poll_interval)
+                self._poll_now.clear()
 
     async def kill(self, attempt_dir: str, grace: float = 10.0) -> None:
         command = remote.kill_command(self._path(attempt_dir), grace)
