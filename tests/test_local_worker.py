@@ -188,7 +188,9 @@ def test_leftover_child_is_cleaned_up(worker: LocalWorker, tmp_path: Path, pgids
 
 
 def test_leftover_ignoring_term_is_killed(worker: LocalWorker, tmp_path: Path, pgids: list[int]) -> None:
-    req = request(tmp_path, "(trap '' TERM; echo $$ > child.pid; exec sleep 300) & sleep 0.2; exit 0")
+    # child.pid is written after the trap is set: exit only then, however loaded the machine is
+    req = request(tmp_path, "(trap '' TERM; echo $$ > child.pid; exec sleep 300) & "
+                            "i=0; while [ ! -s child.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; exit 0")
     started = time.monotonic()
     record = run(lambda: launch_and_wait(worker, req))
     assert record.pgid is not None

@@ -229,3 +229,51 @@ def test_failed_sync_keeps_the_jobs_off_that_host_and_says_why(exq: Exq, ssh_hos
     job = wait_until(lambda: (j := exq.jobs().get("job")) and "copying its workdir to h1 failed" in (j["reason"] or "")
                      and j, 60, 0.3)
     assert job["status"] == "queued" and job["attempts"] == []
+
+
+def test_hung_host_returning_in_time_is_reattached(exq: Exq, ssh_hosts: Start, shared: Path) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    configure(exq, hosts, lost_timeout="60s", local=False)
+    exq.start_daemon()
+    exq("submit", str(grid_manifest(exq, shared, ids=1, seconds=4.0)))
+    wait_until(lambda: (j := exq.jobs().get("j0")) and j["attempts"] and j["attempts"][0]["pid"], 60, 0.2)
+    hosts["h1"].stop()
+    try:
+        wait_until(lambda: exq.jobs()["j0"]["status"] == "unknown", 30, 0.2)
+    finally:
+        hosts["h1"].cont()
+    job = exq.wait_finished(1, timeout=60)["j0"]
+    assert job["status"] == "succeeded" and len(job["attempts"]) == 1
+    assert marks(shared, "j0")[1:] == ["done"]
+
+
+def test_host_returning_after_its_job_moved_has_that_copy_killed(
+    exq: Exq, ssh_hosts: Start, shared: Path
+) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB"), ("h2", "1x24GiB")])
+    configure(exq, hosts, lost_timeout="2s", local=False)
+    # The first attempt outlives the hang (sleep counts wall time, stopped or not); later ones are short.
+    manifest = exq.manifest(f"""
+        name: moved
+        workdir: {shared}
+        id: j0
+        cmd: >-
+          umask 0; echo "start $EXQ_ATTEMPT" >> marks/j0;
+          if [ "$EXQ_ATTEMPT" = 1 ]; then sleep 30; else sleep 1; fi;
+          echo done >> marks/j0
+    """)
+    exq.start_daemon()
+    exq("submit", str(manifest))
+    wait_until(lambda: (j := exq.jobs().get("j0")) and j["attempts"] and j["attempts"][0]["pid"], 60, 0.2)
+    first = exq.jobs()["j0"]["attempts"][0]["host"]
+    hosts[first].stop()
+    try:
+        wait_until(lambda: len(exq.jobs()["j0"]["attempts"]) == 2, 30, 0.2)  # moved to the other host
+    finally:
+        hosts[first].cont()
+    wait_until(lambda: "killing it" in (exq.root / "daemon0.log").read_text(), 30, 0.3)
+    job = exq.wait_finished(1, timeout=60)["j0"]
+    assert job["status"] == "succeeded" and job["attempts"][0]["outcome"] == "lost"
+    assert job["attempts"][1]["host"] != first
+    wait_until(lambda: not hosts[first].run("pgrep -f 'slee[p] 30'", check=False).stdout.strip(), 20)
+    assert marks(shared, "j0") == ["start 1", "start 2", "done"]

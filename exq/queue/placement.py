@@ -25,6 +25,8 @@ class Reservation:
     pgid: int | None = None
     settling_since: float | None = None
     """Set when the attempt ended; the reservation holds until its processes are gone."""
+    gone_at: float | None = None
+    """When its process group was first seen gone; a GPU probe newer than this must agree."""
 
     @property
     def exclusive(self) -> bool:

@@ -63,6 +63,8 @@ class SchedulerConfig:
     foreign_threshold: int = DEFAULT_FOREIGN_THRESHOLD
     """A GPU whose memory held by non-exq processes reaches this is not used."""
     probe_interval: float = 2.0
+    probe_timeout: float = 20.0
+    """A probe taking longer than this counts as the host not answering."""
     settle_timeout: float = 30.0
     """How long a GPU waits for an ended job's processes to vanish before its memory counts as foreign."""
     kill_grace: float = 10.0
@@ -102,6 +104,8 @@ class Scheduler:
         self._hosts = HostTracker(self.config.lost_timeouts, self.config.lost_timeout)
         self._copies = WorkdirCopies(self._wake_up)
         self._probed_at: dict[str, float] = {}
+        self._probes: dict[str, asyncio.Task[GpuSnapshot]] = {}
+        """Probes in flight, one per host: a host that hangs never stalls the loop."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -116,7 +120,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         intake.clean_stale_replies(self.store.paths)
         self._set_daemon_info()
-        await self._refresh_probes(force=True)
+        await asyncio.wait(self._start_probes(force=True), timeout=min(5.0, self.config.probe_timeout))
+        await self._collect_probes()
         await self._recover()
         for host in self.workers:
             if self._hosts.is_up(host):
@@ -129,7 +134,7 @@ class Scheduler:
                 await self._sleep()
         finally:
             self._copies.cancel()
-            for task in list(self._tasks):
+            for task in [*self._tasks, *self._probes.values()]:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.store.state.daemon = None
@@ -146,6 +151,8 @@ class Scheduler:
         self.store.snapshot(force=True)
 
     async def _turn(self) -> None:
+        await self._collect_probes()
+        self._start_probes()  # those due: every host is watched, jobs to place or not
         self._ingest()
         await self._handle_control()
         await self._handle_finished()
@@ -332,14 +339,21 @@ class Scheduler:
                 log.warning("%s: processes still alive after %.0fs; GPU memory now counts as foreign",
                             res.key, self.config.settle_timeout)
                 self._release(res)
-        if any(res.gpus for res in gone):
-            await self._refresh_probes(force=True, hosts={r.host for r in gone if r.gpus})
+        for res in gone:
+            res.gone_at = res.gone_at or now
+        hosts = {r.host for r in gone if r.gpus}
+        if hosts:  # a probe newer than the processes' end must show them gone from the GPU
+            probes = self._start_probes(force=True, hosts=hosts, newer_than=min(r.gone_at or now for r in gone))
+            if probes:
+                await asyncio.wait(probes, timeout=1.0)
+                await self._collect_probes()
         for res in gone:
             snap = self._snapshots.get(res.host)
+            fresh = not res.gpus or (snap is not None and snap.taken_at >= (res.gone_at or now))
             on_gpu = snap is not None and any(
                 p.pgid == res.pgid for gpu in snap.gpus if gpu.index in res.gpus for p in gpu.processes
             )
-            if not on_gpu or now - res.settling_since > self.config.settle_timeout:  # type: ignore[operator]
+            if (fresh and not on_gpu) or now - res.settling_since > self.config.settle_timeout:  # type: ignore[operator]
                 self._release(res)
 
     async def _group_alive(self, res: Reservation) -> bool:
@@ -362,7 +376,6 @@ class Scheduler:
         ready = self._ready_jobs(now)
         if not ready:
             return
-        await self._refresh_probes()
         launches: list[tuple[Job, Placement, str]] = []
         cpu_jobs = sum(1 for r in self._reservations.values() if not r.gpus)
         loads = gpu_loads(self._snapshots, self._reservations.values())
@@ -534,25 +547,45 @@ class Scheduler:
 
     # -- probes and recovery ---------------------------------------------------------------
 
-    async def _refresh_probes(self, force: bool = False, hosts: set[str] | None = None) -> None:
+    def _start_probes(
+        self, force: bool = False, hosts: set[str] | None = None, newer_than: float | None = None
+    ) -> list[asyncio.Task[GpuSnapshot]]:
+        """Start a probe of each host due for one (at most one in flight per host); returns those in flight."""
         now = time.time()
-        names = [
-            name for name in (hosts or self.workers)
-            if force or now - self._probed_at.get(name, 0.0) >= self.config.probe_interval
-        ]
-        if not names:
+        in_flight = []
+        for name in hosts or self.workers:
+            task = self._probes.get(name)
+            if task is None:
+                snap = self._snapshots.get(name)
+                stale = newer_than is not None and (snap is None or snap.taken_at < newer_than)
+                due = now - self._probed_at.get(name, 0.0) >= self.config.probe_interval
+                if not (force and (newer_than is None or stale)) and not due:
+                    continue
+                self._probed_at[name] = now
+                task = asyncio.ensure_future(asyncio.wait_for(self.workers[name].probe(), self.config.probe_timeout))
+                task.add_done_callback(lambda _: self._wake_up())
+                self._probes[name] = task
+            in_flight.append(task)
+        return in_flight
+
+    async def _collect_probes(self) -> None:
+        """Apply the probes that finished: GPU snapshots, and hosts going down or coming back."""
+        done = {name: task for name, task in self._probes.items() if task.done()}
+        if not done:
             return
-        results = await asyncio.gather(*(self.workers[n].probe() for n in names), return_exceptions=True)
-        for name, result in zip(names, results, strict=True):
-            self._probed_at[name] = now
-            if isinstance(result, ExqError):
+        now = time.time()
+        for name, task in done.items():
+            del self._probes[name]
+            error = task.exception() if not task.cancelled() else None
+            if isinstance(error, ExqError | TimeoutError) or task.cancelled():
+                reason = str(error) or f"no answer to a GPU probe within {self.config.probe_timeout:.0f}s"
                 self._snapshots.pop(name, None)
-                if self._hosts.observe(name, False, now, str(result)) == Change.WENT_DOWN:
-                    self._host_went_down(name, str(result))
-            elif isinstance(result, BaseException):
-                raise result
+                if self._hosts.observe(name, False, now, reason) == Change.WENT_DOWN:
+                    self._host_went_down(name, reason)
+            elif error is not None:
+                raise error
             else:
-                self._snapshots[name] = result
+                self._snapshots[name] = task.result()
                 if self._hosts.observe(name, True, now) == Change.CAME_BACK:
                     await self._host_came_back(name)
         self._flush()
@@ -584,8 +617,10 @@ class Scheduler:
                     continue
                 try:
                     record = await self.workers[host].read(attempt.dir)
-                except ExqError:
+                except ExqError as exc:
+                    log.warning("cannot check %s on %s now: %s", attempt.dir, host, exc)
                     return
+                log.debug("%s attempt %d on %s (given up as lost): %s", job.key, attempt.number, host, record)
                 if record.alive:
                     log.warning("%s attempt %d still runs on %s after being moved: killing it",
                                 job.key, attempt.number, host)
