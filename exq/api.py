@@ -16,6 +16,7 @@ from typing import Any
 from exq.config import ExqConfig, load_config
 from exq.errors import DaemonRunningError, ExqError
 from exq.forward import forward, split_host
+from exq.logs import LogSource
 from exq.queue import intake
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.gpus.select import select_probe
@@ -42,6 +43,7 @@ __all__ = [
     "HostReport",
     "Intake",
     "Job",
+    "LogSource",
     "QueueState",
     "SchedulerConfig",
     "StatePaths",

@@ -180,24 +180,19 @@ def logs(ctx: click.Context, job: str, follow: bool, attempt: int | None) -> Non
     if not found.attempts:
         raise NotFoundError(f"job {found.key} has not started yet ({found.status.value})")
     chosen = found.attempts[(attempt or len(found.attempts)) - 1]
-    path = Path(chosen.log)
-    offset = _print_from(path, 0)
-    while follow:
-        current = api.find_job(api.status(paths).state, found.key)
-        ended = current is None or len(current.attempts) != chosen.number or current.attempts[-1].ended_at
-        offset = _print_from(path, offset)
-        if ended:
-            break
-        time.sleep(0.5)
+    with api.LogSource(chosen) as source:
+        offset = _print_from(source, 0)
+        while follow:
+            current = api.find_job(api.status(paths).state, found.key)
+            ended = current is None or len(current.attempts) != chosen.number or current.attempts[-1].ended_at
+            offset = _print_from(source, offset)
+            if ended:
+                break
+            time.sleep(0.5)
 
 
-def _print_from(path: Path, offset: int) -> int:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return offset
+def _print_from(source: api.LogSource, offset: int) -> int:
+    data = source.read(offset)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return offset + len(data)

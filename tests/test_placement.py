@@ -78,3 +78,11 @@ def test_waiting_reason_says_what_is_missing() -> None:
         Resources(gpus=1, gpu_memory=40 * GiB), loads, 500 * 1024**2)
     assert why_waiting(Resources(gpus=1), loads, 500 * 1024**2) == (
         "waiting for 1 free GPU(s); 1 held by other users' processes")
+
+
+def test_a_job_restricted_to_hosts_is_placed_only_there() -> None:
+    snaps = snapshot(0, 0)
+    snaps["gpu2"] = GpuSnapshot(backend="simulated", taken_at=0.0, gpus=(GpuInfo(0, "G2-0", "Test GPU", 24 * GiB, 0),))
+    placement = place(Resources(gpus=1), gpu_loads(snaps, []), hosts=["gpu2"])
+    assert placement is not None and placement.host == "gpu2"
+    assert place(Resources(gpus=2), gpu_loads(snaps, []), hosts=["gpu2"]) is None

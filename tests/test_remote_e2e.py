@@ -140,6 +140,7 @@ def test_remote_oom_is_retried_with_a_smaller_batch(exq: Exq, ssh_hosts: Start, 
     assert job["status"] == "succeeded" and job["params"]["batch_size"] == 64
     assert [a["outcome"] for a in job["attempts"]] == ["oom", "oom", "succeeded"]
     assert marks(shared, "job") == ["256", "128", "64"]
+    assert "CUDA out of memory" in exq("logs", "job", "--attempt", "1").stdout  # read from h1 over SSH
 
 
 def test_unknown_host_key_is_refused_with_a_clear_message(exq: Exq, ssh_hosts: Start, tmp_path: Path) -> None:
