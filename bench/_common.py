@@ -75,9 +75,14 @@ def fmt_bytes(n: int) -> str:
 
 
 @contextlib.contextmanager
-def temp_workspace(keep: bool = False) -> Iterator[Path]:
-    """A temporary directory (state dir, manifests, workdir), removed afterwards unless `keep`."""
-    root = Path(tempfile.mkdtemp(prefix="exq-bench-"))
+def temp_workspace(keep: bool = False, prefix: str = "exq-bench-", mode: int | None = None) -> Iterator[Path]:
+    """A temporary directory (state dir, manifests, workdir), removed afterwards unless `keep`.
+
+    `mode` (e.g. 0o777 for a workdir every SSH test host's user can use) puts it under /tmp.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp" if mode is not None else None))
+    if mode is not None:
+        root.chmod(mode)
     try:
         yield root
     finally:

@@ -26,13 +26,9 @@ import argparse
 import asyncio
 import inspect
 import itertools
-import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -58,20 +54,6 @@ def _sshhosts() -> ModuleType:
 
 
 # ----------------------------------------------------------------------------------- workspace
-
-
-@contextmanager
-def shared_workdir(keep: bool) -> Iterator[Path]:
-    """A 0777 directory under /tmp that every host's user can use as the jobs' workdir."""
-    path = Path(tempfile.mkdtemp(prefix="exq-bench-remote-", dir="/tmp"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"(kept {path})")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def write_jobs(path: Path, name: str, n: int, workdir: Path) -> Path:
@@ -357,7 +339,7 @@ def main() -> None:
         sys.exit(f"cannot start SSH hosts: {reason}")
 
     started = time.perf_counter()
-    with temp_workspace(args.keep) as root, shared_workdir(args.keep) as workdir:
+    with temp_workspace(args.keep) as root, temp_workspace(args.keep, "exq-bench-remote-", 0o777) as workdir:
         if args.jobs > 0:
             latency_part(args, root, workdir)
         if args.throughput_jobs > 0:
