@@ -1,0 +1,1 @@
+"""The bridge: research plans, trackers and workflow gates become queue submissions (public API only)."""
