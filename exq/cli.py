@@ -301,6 +301,77 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
         sys.exit(EXIT_JOBS_FAILED)
 
 
+@cli.group()
+def plan() -> None:
+    """Research plans (EXPERIMENT_PLAN.md + EXPERIMENT_TRACKER.md + runs.yaml) as queue submissions."""
+
+
+_PLAN_OPTIONS = [
+    click.argument("plan_file", metavar="PLAN.md", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--tracker", type=click.Path(dir_okay=False, path_type=Path),
+                 help="EXPERIMENT_TRACKER.md (default: beside the plan)."),
+    click.option("--runs", type=click.Path(dir_okay=False, path_type=Path),
+                 help="The runs file with each run's command (default: runs.yaml beside the plan)."),
+]
+
+
+def _plan_options(func: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(_PLAN_OPTIONS):
+        func = option(func)
+    return func
+
+
+@plan.command("compile")
+@_plan_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the manifest here (default: print it).")
+def plan_compile(plan_file: Path, tracker: Path | None, runs: Path | None, output: Path | None) -> None:
+    """Compile the plan into an ordinary exq manifest: one phase per milestone, in Run Order."""
+    from exq.bridge import plan as bridge
+
+    compiled = bridge.compile_files(bridge.find_files(plan_file, tracker, runs))
+    api.parse_manifest(compiled.yaml_text, str((output or plan_file.parent / "plan.yaml").absolute()))
+    for note in compiled.notes:
+        err_console.print(f"note: {note}")
+    if output is None:
+        click.echo(compiled.yaml_text, nl=False)
+    else:
+        output.write_text(compiled.yaml_text)
+        console.print(f"wrote {output}")
+
+
+@plan.command("submit")
+@_plan_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to keep the compiled manifest (default: exq-plan.yaml beside the plan).")
+@click.option("--workflow", type=click.Path(dir_okay=False, path_type=Path),
+              help="workflow-state.md (default: the one under tickets/in-progress/, if exactly one).")
+@click.option("--dry-run", is_flag=True, help="Show the phases and jobs; submit nothing, change nothing.")
+@click.option("--force", is_flag=True, help="Submit although the stage gates say no (says what it overrode).")
+@click.pass_context
+def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: Path | None,
+                output: Path | None, workflow: Path | None, dry_run: bool, force: bool) -> None:
+    """Compile and submit the plan; refuses unless stage 4 passed and the current stage is 5."""
+    from exq.bridge import plan as bridge
+
+    files = bridge.find_files(plan_file, tracker, runs)
+    manifest = output or plan_file.parent / "exq-plan.yaml"
+    flow = bridge.find_workflow(plan_file, workflow)
+    if dry_run:
+        compiled = bridge.compile_files(files)
+        _print_spec(api.parse_manifest(compiled.yaml_text, str(manifest.absolute())), all_jobs=False)
+        if flow is not None:
+            for problem in bridge.check_gates(flow, force=True):
+                err_console.print(f"note: {flow}: {problem}")
+        return
+    item, overridden = bridge.submit(files, manifest, flow, force, _paths(ctx))
+    for problem in overridden:
+        err_console.print(f"warning: --force overrode: {problem}")
+    console.print(f"submitted the plan as submission {item.id} ({len(item.spec.jobs)} jobs); manifest: {manifest}")
+    if flow is not None:
+        console.print(f"{flow}: stage 5 gate set to In Progress")
+
+
 def main() -> None:
     """Entry point: the one error boundary mapping exq errors to messages and exit codes."""
     try:
