@@ -372,6 +372,33 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
         console.print(f"{flow}: stage 5 gate set to In Progress")
 
 
+@cli.group("import")
+def import_() -> None:
+    """Convert other queues' files into exq manifests."""
+
+
+@import_.command("aris")
+@click.argument("spec", metavar="GRID_SPEC.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the manifest here (default: print it).")
+def import_aris(spec: Path, output: Path | None) -> None:
+    """Convert an ARIS experiment-queue grid spec; whatever cannot be mapped is reported, not dropped."""
+    from exq.bridge.aris import convert_aris
+
+    try:
+        text = spec.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ExqError(f"cannot read {spec}: {exc}") from None
+    conversion = convert_aris(text, str(spec.absolute()))
+    for note in conversion.notes:
+        err_console.print(f"note: {note}", highlight=False)
+    if output is None:
+        click.echo(conversion.manifest_yaml, nl=False)
+    else:
+        output.write_text(conversion.manifest_yaml)
+        console.print(f"wrote {output} ({len(conversion.notes)} note(s) above)")
+
+
 def main() -> None:
     """Entry point: the one error boundary mapping exq errors to messages and exit codes."""
     try:
