@@ -226,15 +226,15 @@ def test_sigterm_drains_and_leaves_jobs_running_then_reattaches(exq: Exq) -> Non
         name: drain
         gpus: 1
         id: job
-        cmd: sleep 4; echo finished >> marks
+        cmd: sleep 8; echo finished >> marks
     """)
     exq("submit", str(manifest))
     wait_until(lambda: exq.jobs().get("job", {}).get("attempts") and exq.jobs()["job"]["attempts"][0]["pid"])
+    pgid = exq.jobs()["job"]["attempts"][0]["pid"]
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
-    assert exq.jobs()["job"]["status"] == "running"
-    pgid = exq.jobs()["job"]["attempts"][0]["pid"]
     assert group_alive(pgid)  # still running with no daemon
+    assert exq.jobs()["job"]["status"] == "running"
     exq.start_daemon()
     jobs = exq.wait_finished(1)
     assert jobs["job"]["status"] == "succeeded" and len(jobs["job"]["attempts"]) == 1
