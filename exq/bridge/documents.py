@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from exq.bridge import markdown as md
 from exq.bridge.model import Block, Milestone, Plan, StageGate, Tracker, TrackerRow, WorkflowState
 from exq.errors import InputFileError, InputProblem
-from exq.queue.fsio import fsync_dir
+from exq.queue.fsio import atomic_write
 
 PLAN_COLUMNS = ("Milestone", "Goal", "Runs", "Decision Gate")
 TRACKER_COLUMNS = ("Run ID", "Milestone", "Status")
@@ -65,21 +64,9 @@ def _read(path: str | Path) -> str:
 
 
 def _write(path: str | Path, text: str) -> None:
-    """Replace the file (a symlink's target) atomically: temp file, fsync, rename; its permission bits kept."""
+    """Replace the file (a symlink's target) atomically, keeping its permission bits."""
     target = Path(os.path.realpath(path))
-    mode = target.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    atomic_write(target, text.encode("utf-8"), mode=target.stat().st_mode & 0o7777)
 
 
 def _find_table(
