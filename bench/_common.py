@@ -5,6 +5,7 @@ Every wait here is bounded; every process started here is stopped by its own pid
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -358,3 +359,12 @@ class FileWatch:
         if self.seen_at is None:
             raise RuntimeError(f"{self.path} did not appear within {self.timeout:g}s")
         return self.seen_at
+
+
+def add_run_options(parser: argparse.ArgumentParser, timeout: float, gpus: str | None = None) -> None:
+    """The options every benchmark takes: simulated GPUs, a bound on each step, and --keep."""
+    if gpus is not None:
+        parser.add_argument("--gpus", default=gpus, help=f"EXQ_SIMULATE_GPUS (default {gpus})")
+    parser.add_argument("--timeout", type=float, default=timeout,
+                        help=f"bound on each step, seconds (default {timeout:.0f})")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directories")

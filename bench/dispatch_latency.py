@@ -22,6 +22,7 @@ from collections import defaultdict
 from typing import Any
 
 from _common import (
+    add_run_options,
     build_state,
     exq_env,
     journal_events,
@@ -71,11 +72,9 @@ def _breakdown(pairs: list[tuple[dict[str, Any], dict[str, Any]]], events: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200, help="number of trivial jobs (default 200)")
-    parser.add_argument("--gpus", default="1x24GiB", help="EXQ_SIMULATE_GPUS (default 1x24GiB)")
+    add_run_options(parser, 240.0, "1x24GiB")
     parser.add_argument("--cmd", default="true", help="each job's command (default: true)")
-    parser.add_argument("--timeout", type=float, default=240.0, help="bound on `exq run`, seconds (default 240)")
     parser.add_argument("--backlog", type=int, default=0, help="queued jobs that never fit, put there first")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
 
     with temp_workspace(args.keep) as root:

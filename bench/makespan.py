@@ -13,7 +13,7 @@ import argparse
 import subprocess
 import time
 
-from _common import exq_env, run_exq, status_json, temp_workspace, write_manifest
+from _common import add_run_options, exq_env, run_exq, status_json, temp_workspace, write_manifest
 
 
 def xargs_wall(jobs: int, parallel: int, cmd: str, timeout: float) -> float:
@@ -28,11 +28,9 @@ def xargs_wall(jobs: int, parallel: int, cmd: str, timeout: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2000, help="number of trivial jobs (default 2000)")
-    parser.add_argument("--gpus", default="8x24GiB", help="EXQ_SIMULATE_GPUS (default 8x24GiB)")
+    add_run_options(parser, 300.0, "8x24GiB")
     parser.add_argument("--parallel", type=int, default=8, help="xargs -P (default 8, one per GPU)")
     parser.add_argument("--cmd", default="true", help="each job's command (default: true)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="bound on each run, seconds (default 300)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
 
     with temp_workspace(args.keep) as root:

@@ -34,7 +34,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from _common import exq_env, journal_events, percentile, run_exq, status_json, summary_ms, temp_workspace
+from _common import (
+    add_run_options,
+    exq_env,
+    journal_events,
+    percentile,
+    run_exq,
+    status_json,
+    summary_ms,
+    temp_workspace,
+)
 
 from exq.queue.gpus.nvidia_smi import PROBE_COMMAND
 from exq.queue.workers.ssh import SshWorker
@@ -331,8 +340,7 @@ def main() -> None:
     parser.add_argument("--throughput-jobs", type=int, default=300,
                         help="jobs of run 3, 8 GPUs (default 300; 0 skips run 3)")
     parser.add_argument("--round-trips", type=int, default=20, help="single commands timed for context (default 20)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="bound on each `exq run`, seconds (default 300)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary state and work directories")
+    add_run_options(parser, 300.0)
     args = parser.parse_args()
     reason = _sshhosts().skip_reason()
     if reason:

@@ -19,6 +19,7 @@ from pathlib import Path
 from _common import (
     PYTHON,
     Daemon,
+    add_run_options,
     build_state,
     exq_env,
     file_size,
@@ -65,9 +66,7 @@ def main() -> None:
     parser.add_argument("--queue", type=int, default=100_000, help="jobs in the queue (default 100000)")
     parser.add_argument("--succeeded", type=int, default=0, help="of which finished with one attempt (default 0)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per status command (default 3)")
-    parser.add_argument("--gpus", default="8x24GiB", help="EXQ_SIMULATE_GPUS for the daemon (default 8x24GiB)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="bound on each step, seconds (default 180)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    add_run_options(parser, 180.0, "8x24GiB")
     args = parser.parse_args()
 
     with temp_workspace(args.keep) as root:

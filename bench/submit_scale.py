@@ -21,6 +21,7 @@ from pathlib import Path
 from _common import (
     Daemon,
     FileWatch,
+    add_run_options,
     build_state,
     exq_env,
     fmt_bytes,
@@ -74,9 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queue", type=int, default=100_000, help="jobs already in the queue (default 100000)")
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the submitted grid (default 10000)")
-    parser.add_argument("--gpus", default="8x24GiB", help="EXQ_SIMULATE_GPUS for the daemon (default 8x24GiB)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="bound on each step, seconds (default 180)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    add_run_options(parser, 180.0, "8x24GiB")
     args = parser.parse_args()
 
     with temp_workspace(args.keep) as root:
