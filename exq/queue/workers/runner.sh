@@ -154,6 +154,15 @@ if group_alive "$job"; then
         nap 0.1
         ticks=$((ticks - 1))
     done
-    group_alive "$job" && kill -KILL "-$job" 2>/dev/null
+    if group_alive "$job"; then
+        kill -KILL "-$job" 2>/dev/null
+        # SIGKILL is delivered asynchronously: exit only once the group is gone (bounded, 5 s), since
+        # whoever sees the runner end takes it to mean the job holds nothing any more.
+        i=0
+        while [ "$i" -lt 50 ] && group_alive "$job"; do
+            nap 0.1
+            i=$((i + 1))
+        done
+    fi
 fi
 exit 0
