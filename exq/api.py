@@ -18,13 +18,14 @@ from exq.errors import DaemonRunningError, ExqError
 from exq.forward import forward, split_host
 from exq.logs import LogSource
 from exq.queue import intake
+from exq.queue.fsio import atomic_write
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.gpus.select import select_probe
 from exq.queue.intake import ControlReply, ControlRequest, Intake
 from exq.queue.jobspec import SubmissionSpec
-from exq.queue.manifest import load_manifest, parse_manifest
+from exq.queue.manifest import Value, load_manifest, parse_manifest
 from exq.queue.scheduler import LOCAL_HOST, Scheduler, SchedulerConfig
-from exq.queue.state import Job, QueueState
+from exq.queue.state import Job, JobStatus, QueueState, Submission
 from exq.queue.store import (
     StatePaths,
     Store,
@@ -33,32 +34,41 @@ from exq.queue.store import (
     read_state,
     snapshot_is_current,
 )
+from exq.queue.template import JOB_ID_RE, TemplateError, format_value, render
 from exq.queue.workers import Worker
 from exq.queue.workers.local import LocalWorker
 from exq.queue.workers.ssh import SshWorker
 
 __all__ = [
+    "JOB_ID_RE",
     "ControlReply",
     "ControlRequest",
     "HostReport",
     "Intake",
     "Job",
+    "JobStatus",
     "LogSource",
     "QueueState",
     "SchedulerConfig",
     "StatePaths",
     "StatusView",
+    "Submission",
     "SubmissionSpec",
+    "TemplateError",
+    "Value",
+    "atomic_write",
     "build_workers",
     "control",
     "daemon_alive",
     "find_job",
+    "format_value",
     "forward",
     "load_config",
     "load_manifest",
     "parse_manifest",
     "probe_gpus",
     "probe_hosts",
+    "render",
     "scheduler_config",
     "serve",
     "split_host",
@@ -86,13 +96,15 @@ class StatusView:
     pending: list[Intake]
     """Submissions written by `exq submit` that no daemon has ingested yet."""
     daemon_alive: bool
+    paths: StatePaths | None = None
+    """The state directory it was read from (names hook logs)."""
 
 
 def status(paths: StatePaths) -> StatusView:
     """The queue as a reader sees it now: snapshot, newer journal events, and pending submissions."""
     state = read_state(paths)
     pending = [item for _, item in intake.pending_intakes(paths)] if paths.intake.exists() else []
-    return StatusView(state, pending, daemon_running(paths))
+    return StatusView(state, pending, daemon_running(paths), paths)
 
 
 def daemon_alive(paths: StatePaths) -> bool:

@@ -15,8 +15,6 @@ from rich.text import Text
 
 from exq import __version__, api
 from exq.errors import DaemonRunningError, ExqError, InputFileError, NotFoundError
-from exq.queue.intake import ControlRequest
-from exq.queue.state import JobStatus, QueueState
 from exq.units import parse_size
 
 EXIT_JOBS_FAILED = 1
@@ -109,7 +107,7 @@ def run(ctx: click.Context, manifest: Path) -> None:
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("exq").setLevel(logging.INFO)
 
-    def done(state: QueueState) -> bool:
+    def done(state: api.QueueState) -> bool:
         mine = [j for j in state.jobs if j.submission == item.id]
         return bool(mine) and all(j.status.finished for j in mine)
 
@@ -123,7 +121,7 @@ def run(ctx: click.Context, manifest: Path) -> None:
     if not done(state):
         err_console.print("exq run: interrupted; running jobs keep running (`exq daemon` re-attaches them)")
         sys.exit(EXIT_JOBS_FAILED)
-    if any(j.status != JobStatus.SUCCEEDED for j in mine):
+    if any(j.status != api.JobStatus.SUCCEEDED for j in mine):
         sys.exit(EXIT_JOBS_FAILED)
 
 
@@ -131,13 +129,15 @@ def run(ctx: click.Context, manifest: Path) -> None:
 @click.option("--foreign-threshold", default="500MiB", show_default=True,
               help="A GPU is not used while processes exq did not launch hold this much memory on it.")
 @click.option("--probe-interval", default=2.0, show_default=True, help="Seconds between GPU probes.")
+@click.option("--hook-timeout", default=120.0, show_default=True,
+              help="Seconds a manifest's on_job_end hook may run before it is killed.")
 @click.pass_context
-def daemon(ctx: click.Context, foreign_threshold: str, probe_interval: float) -> None:
+def daemon(ctx: click.Context, foreign_threshold: str, probe_interval: float, hook_timeout: float) -> None:
     """Run the scheduler until SIGTERM (drain: stop placing, leave running jobs running, exit)."""
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("exq").setLevel(logging.INFO)
     config = api.scheduler_config(api.load_config(), foreign_threshold=parse_size(foreign_threshold),
-                                  probe_interval=probe_interval)
+                                  probe_interval=probe_interval, hook_timeout=hook_timeout)
     api.serve(_paths(ctx), config=config)
 
 
@@ -198,7 +198,7 @@ def _print_from(source: api.LogSource, offset: int) -> int:
     return offset + len(data)
 
 
-def _control(ctx: click.Context, req: ControlRequest) -> None:
+def _control(ctx: click.Context, req: api.ControlRequest) -> None:
     reply = api.control(_paths(ctx), req)
     if not reply.ok:
         raise NotFoundError(reply.message)
@@ -225,7 +225,7 @@ def _scoped(func: click.decorators.FC) -> click.decorators.FC:
 def cancel(ctx: click.Context, targets: tuple[str, ...], scope: str | None) -> None:
     """Cancel jobs (queued ones at once; running ones are killed: SIGTERM, grace, SIGKILL)."""
     _require_targets(targets, scope)
-    _control(ctx, ControlRequest(op="cancel", targets=list(targets), scope=scope or "job"))
+    _control(ctx, api.ControlRequest(op="cancel", targets=list(targets), scope=scope or "job"))
 
 
 @cli.command()
@@ -235,21 +235,21 @@ def cancel(ctx: click.Context, targets: tuple[str, ...], scope: str | None) -> N
 def retry(ctx: click.Context, targets: tuple[str, ...], scope: str | None) -> None:
     """Queue failed, blocked or cancelled jobs again (and the jobs blocked behind them)."""
     _require_targets(targets, scope)
-    _control(ctx, ControlRequest(op="retry", targets=list(targets), scope=scope or "job"))
+    _control(ctx, api.ControlRequest(op="retry", targets=list(targets), scope=scope or "job"))
 
 
 @cli.command()
 @click.pass_context
 def pause(ctx: click.Context) -> None:
     """Stop placing new jobs; running jobs go on."""
-    _control(ctx, ControlRequest(op="pause"))
+    _control(ctx, api.ControlRequest(op="pause"))
 
 
 @cli.command()
 @click.pass_context
 def resume(ctx: click.Context) -> None:
     """Place jobs again after `exq pause`."""
-    _control(ctx, ControlRequest(op="resume"))
+    _control(ctx, api.ControlRequest(op="resume"))
 
 
 def _require_targets(targets: tuple[str, ...], scope: str | None) -> None:
@@ -260,7 +260,7 @@ def _require_targets(targets: tuple[str, ...], scope: str | None) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of queue_state.json."""
-    click.echo(json.dumps(QueueState.model_json_schema(), indent=2))
+    click.echo(json.dumps(api.QueueState.model_json_schema(), indent=2))
 
 
 @cli.command()
@@ -329,7 +329,8 @@ def plan_compile(plan_file: Path, tracker: Path | None, runs: Path | None, outpu
     """Compile the plan into an ordinary exq manifest: one phase per milestone, in Run Order."""
     from exq.bridge import plan as bridge
 
-    compiled = bridge.compile_files(bridge.find_files(plan_file, tracker, runs))
+    files = bridge.find_files(plan_file, tracker, runs)
+    compiled = bridge.compile_files(files, bridge.find_workflow(plan_file, None))
     api.parse_manifest(compiled.yaml_text, str((output or plan_file.parent / "plan.yaml").absolute()))
     for note in compiled.notes:
         err_console.print(f"note: {note}")
@@ -358,7 +359,7 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
     manifest = output or plan_file.parent / "exq-plan.yaml"
     flow = bridge.find_workflow(plan_file, workflow)
     if dry_run:
-        compiled = bridge.compile_files(files)
+        compiled = bridge.compile_files(files, flow)
         _print_spec(api.parse_manifest(compiled.yaml_text, str(manifest.absolute())), all_jobs=False)
         if flow is not None:
             for problem in bridge.check_gates(flow, force=True):
@@ -370,6 +371,58 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
     console.print(f"submitted the plan as submission {item.id} ({len(item.spec.jobs)} jobs); manifest: {manifest}")
     if flow is not None:
         console.print(f"{flow}: stage 5 gate set to In Progress")
+
+
+@plan.command("sync")
+@_plan_options
+@click.option("--workflow", type=click.Path(dir_okay=False, path_type=Path),
+              help="workflow-state.md (default: the one under tickets/in-progress/, if exactly one).")
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
+              help="EXPERIMENT_RESULTS.md (default: beside the plan).")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="EXPERIMENT_LOG.md (default: in the project root).")
+@click.option("--submission", envvar="EXQ_SUBMISSION", metavar="N",
+              help="The plan's submission (default: the newest named after the plan's project).")
+@click.pass_context
+def plan_sync(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: Path | None, workflow: Path | None,
+              results: Path | None, log_file: Path | None, submission: str | None) -> None:
+    """Write the submission's progress into the tracker, results, log and stage 5 gate (idempotent)."""
+    from exq.bridge import plan as bridge
+    from exq.bridge.results import results_path
+    from exq.bridge.runlog import log_path
+    from exq.bridge.sync import SyncTargets, sync
+
+    files = bridge.find_files(plan_file, tracker, runs)
+    targets = SyncTargets(files.plan, files.tracker, files.runs, results or results_path(plan_file),
+                          log_file or log_path(plan_file), bridge.find_workflow(plan_file, workflow))
+    report = sync(targets, _paths(ctx), submission)
+    for note in report.notes:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for change in report.changed:
+        console.print(f"updated {change}", highlight=False, soft_wrap=True)
+    if not report.changed:
+        console.print(f"submission {report.submission}: the documents are up to date")
+
+
+@plan.command("gate")
+@click.argument("runs_file", metavar="RUNS.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("milestone")
+@click.option("--submission", envvar="EXQ_SUBMISSION", required=True, metavar="N",
+              help="The plan's submission (set for gate jobs).")
+@click.option("--result-file", envvar="EXQ_RESULT_FILE", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the verdict here as JSON (set for gate jobs).")
+@click.pass_context
+def plan_gate(ctx: click.Context, runs_file: Path, milestone: str, submission: str, result_file: Path | None) -> None:
+    """Check a milestone's metric rules on its finished runs (what a plan's gate job runs); exit 1 if one fails."""
+    from exq.bridge import plan as bridge
+
+    checks = bridge.check_gate(_paths(ctx), runs_file, milestone, submission)
+    for check in checks:
+        console.print(f"{'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}", highlight=False)
+    if result_file is not None:
+        result_file.write_text(json.dumps(bridge.gate_result(milestone, checks), indent=2))
+    if not all(check.passed for check in checks):
+        sys.exit(EXIT_JOBS_FAILED)
 
 
 @cli.group("import")

@@ -94,6 +94,11 @@ def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:
     ]
     parts: list[Table | Text] = [phase_table(view)]
     parts.extend(
+        Text(f"submission {sub.id} ({sub.name}): on_job_end failed: {sub.hook_error}"
+             + (f"; log: {view.paths.hook_log(sub.id)}" if view.paths else ""), style="red")
+        for sub in view.state.submissions if sub.hook_error
+    )
+    parts.extend(
         Text(f"submission {item.id} ({item.spec.name}): {len(item.spec.jobs)} jobs waiting for a daemon to take them",
              style="yellow")
         for item in view.pending

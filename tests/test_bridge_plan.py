@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EXQ, Exq
+from conftest import Exq
+from research import exq_plan, research_project
 
-FORMATS = Path(__file__).parent / "data" / "bridge"
 RUNS = 'workdir: ..\ndefaults: {gpus: 0}\nseeds: [0, 1]\nmilestones:\n  M0: {cmd: "echo sanity", seeds: [0]}\n' \
        'default: {cmd: "echo run {run_id} seed {seed}"}\n'
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    logs = tmp_path / "proj" / "refine-logs"
-    logs.mkdir(parents=True)
-    shutil.copy(FORMATS / "EXPERIMENT_PLAN.md", logs / "EXPERIMENT_PLAN.md")
-    shutil.copy(FORMATS / "EXPERIMENT_TRACKER.md", logs / "EXPERIMENT_TRACKER.md")
-    (logs / "runs.yaml").write_text(RUNS)
-    ticket = tmp_path / "proj" / "tickets" / "in-progress" / "t1"
-    ticket.mkdir(parents=True)
-    shutil.copy(FORMATS / "workflow-state.md", ticket / "workflow-state.md")
-    return tmp_path / "proj"
+    return research_project(tmp_path / "proj", RUNS)
 
 
-def plan(exq: Exq, project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EXQ, "plan", *args], env=exq.env, cwd=project, capture_output=True, text=True,
-                          timeout=60)
+plan = exq_plan
 
 
 def test_compile_prints_a_manifest_with_a_phase_per_milestone(exq: Exq, project: Path) -> None:

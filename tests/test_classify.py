@@ -100,3 +100,13 @@ def test_failed(code: int) -> None:
 
 def test_signal_exit_with_oom_text_is_oom() -> None:
     assert classify(report(134, "CUDA out of memory\n"))[0] is Outcome.OOM
+
+
+def test_a_failed_job_explains_itself_through_its_result_file() -> None:
+    failed = report(1)
+    explained = AttemptReport(record=failed.record, log_tail="", result={"error": "gate M0:\n  loss rose"})
+    assert classify(explained) == (Outcome.FAILED, "exit code 1: gate M0: loss rose")
+    long = AttemptReport(record=failed.record, log_tail="", result={"error": "x" * 1000})
+    assert len(classify(long)[1]) < 320
+    ignored = AttemptReport(record=failed.record, log_tail="", result={"error": 3})
+    assert classify(ignored) == (Outcome.FAILED, "exit code 1")

@@ -87,10 +87,14 @@ def test_killed_host_jobs_move_to_other_hosts_and_none_completes_twice(
     hosts = ssh_hosts([("h1", "2x24GiB"), ("h2", "2x24GiB")])
     configure(exq, hosts, lost_timeout="2s", local=False)
     exq.start_daemon()
-    exq("submit", str(grid_manifest(exq, shared, ids=6, seconds=3.0)))
-    wait_until(lambda: sum(1 for j in exq.jobs().values() if j["host"] == "h1" and j["status"] == "running") >= 1,
-               60, 0.2)
-    victims = [n for n, j in exq.jobs().items() if j["host"] == "h1" and j["status"] == "running"]
+    exq("submit", str(grid_manifest(exq, shared, ids=6, seconds=4.0)))
+
+    def mid_run_on_h1() -> list[str]:
+        """Jobs running on h1 that started and have not finished (the marks, read just before the kill)."""
+        running = [n for n, j in exq.jobs().items() if j["host"] == "h1" and j["status"] == "running"]
+        return [n for n in running if marks(shared, n) and "done" not in marks(shared, n)]
+
+    victims = wait_until(mid_run_on_h1, 60, 0.2)
     hosts["h1"].kill()
     wait_until(lambda: all(exq.jobs()[v]["status"] in ("unknown", "queued", "running") for v in victims), 20)
     jobs = exq.wait_finished(6, timeout=120)

@@ -14,9 +14,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from exq.api import JOB_ID_RE, Value, format_value, parse_manifest
 from exq.errors import ManifestError
-from exq.queue.manifest import Value, parse_manifest
-from exq.queue.template import JOB_ID_RE, format_value
 from exq.yamldoc import Path, Problems, format_path, parse_document
 from exq.yamlfields import Count, Name, NonNegNumber, Str, leaf
 

@@ -12,10 +12,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from exq.api import atomic_write
 from exq.bridge import markdown as md
 from exq.bridge.model import Block, Milestone, Plan, StageGate, Tracker, TrackerRow, WorkflowState
 from exq.errors import InputFileError, InputProblem
-from exq.queue.fsio import atomic_write
 
 PLAN_COLUMNS = ("Milestone", "Goal", "Runs", "Decision Gate")
 TRACKER_COLUMNS = ("Run ID", "Milestone", "Status")
@@ -51,7 +51,8 @@ def _split_id(cell: str) -> tuple[str, str]:
     return _plain(head), _plain(title)
 
 
-def _read(path: str | Path) -> str:
+def read_document(path: str | Path) -> str:
+    """The file's text; DocumentError naming the file (and line) when it cannot be read or is not UTF-8."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -63,10 +64,11 @@ def _read(path: str | Path) -> str:
         raise _error(path, line, "not UTF-8 text") from None
 
 
-def _write(path: str | Path, text: str) -> None:
-    """Replace the file (a symlink's target) atomically, keeping its permission bits."""
+def write_document(path: str | Path, text: str) -> None:
+    """Replace the file (a symlink's target) atomically, keeping its permission bits (new files: 0644)."""
     target = Path(os.path.realpath(path))
-    atomic_write(target, text.encode("utf-8"), mode=target.stat().st_mode & 0o7777)
+    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
+    atomic_write(target, text.encode("utf-8"), mode=mode)
 
 
 def _find_table(
@@ -87,7 +89,7 @@ def _find_table(
 
 def load_plan(path: str | Path) -> Plan:
     """The plan's milestones (the Run Order table, in order) and experiment blocks."""
-    doc = md.parse(_read(path))
+    doc = md.parse(read_document(path))
     problem = None
     for text in doc.lines:
         m = _BOLD_FIELD.match(text)
@@ -151,7 +153,7 @@ def load_tracker(path: str | Path) -> Tracker:
     """Every row of every table with Run ID, Milestone and Status columns, in file order."""
     rows: list[TrackerRow] = []
     seen: dict[str, int] = {}
-    for table in _tracker_tables(path, md.parse(_read(path))):
+    for table in _tracker_tables(path, md.parse(read_document(path))):
         col = table.column("System / Variant") or table.column("System/Variant") or table.column("System")
         for row in table.rows:
             if not any(row.values):
@@ -186,7 +188,7 @@ def _snapshot(doc: md.Document) -> dict[str, tuple[int, str, str]]:
 
 def load_workflow(path: str | Path) -> WorkflowState:
     """The snapshot's current stage and edit permission, and the Stage Gates table."""
-    doc = md.parse(_read(path))
+    doc = md.parse(read_document(path))
     snap = _snapshot(doc)
     stage: int | None = None
     if "current stage" in snap:
@@ -219,7 +221,7 @@ def update_tracker(path: str | Path, updates: Mapping[str, Mapping[str, str]]) -
     Only those cells change; the file is rewritten atomically, and only when something changed (returned).
     An unknown run or column is a DocumentError and nothing is written.
     """
-    text = _read(path)
+    text = read_document(path)
     where: dict[str, tuple[md.Table, md.TableRow]] = {}
     tables = _tracker_tables(path, md.parse(text))
     for table in tables:
@@ -236,7 +238,7 @@ def update_tracker(path: str | Path, updates: Mapping[str, Mapping[str, str]]) -
         edited = md.set_cells(edited, table.line, row.line, cells)
     if edited == text:
         return False
-    _write(path, edited)
+    write_document(path, edited)
     return True
 
 
@@ -251,7 +253,7 @@ def set_gate(
     canonical = next((s for s in GATE_STATUSES if s.casefold() == status.strip().casefold()), None)
     if canonical is None:
         raise ValueError(f"gate status {status!r} is not one of {', '.join(GATE_STATUSES)}")
-    text = _read(path)
+    text = read_document(path)
     doc = md.parse(text)
     table, gates = _gates(path, doc)
     gate = next((g for g in gates if g.stage == stage), None)
@@ -270,5 +272,5 @@ def set_gate(
         line, prefix, _ = bullet
         stamp = updated or datetime.date.today().isoformat()
         edited = md.replace_line(edited, line, prefix + stamp)
-    _write(path, edited)
+    write_document(path, edited)
     return True

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exq import api
-from exq.bridge.compile import Compiled, compile_plan
+from exq.bridge.compile import Compiled, compile_plan, exq_command, project_root
 from exq.bridge.documents import load_plan, load_tracker, load_workflow, set_gate
+from exq.bridge.gates import Check, JobMetrics, evaluate
 from exq.bridge.runs import load_runs
 from exq.errors import ExqError
 
@@ -27,19 +28,26 @@ def find_files(plan: Path, tracker: Path | None, runs: Path | None) -> PlanFiles
     return PlanFiles(plan, tracker or plan.parent / "EXPERIMENT_TRACKER.md", runs or plan.parent / "runs.yaml")
 
 
-def compile_files(files: PlanFiles) -> Compiled:
-    runs, source = load_runs(files.runs)
-    return compile_plan(load_plan(files.plan), load_tracker(files.tracker), runs, source)
+def compile_files(files: PlanFiles, workflow: Path | None) -> Compiled:
+    """The plan's manifest, whose hook runs `exq plan sync` on these files after each job end."""
+    return compile_plan(load_plan(files.plan), load_tracker(files.tracker), load_runs(files.runs),
+                        on_job_end=sync_command(files, workflow))
+
+
+def sync_command(files: PlanFiles, workflow: Path | None) -> str:
+    """`exq plan sync` of these files, with absolute paths (the hook runs in the manifest's workdir)."""
+    args = ["plan", "sync", str(files.plan.absolute()), "--tracker", str(files.tracker.absolute()),
+            "--runs", str(files.runs.absolute())]
+    if workflow is not None:
+        args += ["--workflow", str(workflow.absolute())]
+    return exq_command(*args)
 
 
 def find_workflow(plan: Path, given: Path | None) -> Path | None:
     """workflow-state.md: as given, else the one ticket in progress under the project, if exactly one."""
     if given is not None:
         return given
-    project = plan.resolve().parent
-    if project.name == "refine-logs":
-        project = project.parent
-    found = sorted(project.glob("tickets/in-progress/*/workflow-state.md"))
+    found = sorted(project_root(plan).glob("tickets/in-progress/*/workflow-state.md"))
     return found[0] if len(found) == 1 else None
 
 
@@ -64,7 +72,7 @@ def check_gates(workflow: Path, force: bool) -> list[str]:
 def submit(files: PlanFiles, manifest_path: Path, workflow: Path | None, force: bool,
            paths: api.StatePaths) -> tuple[api.Intake, list[str]]:
     """Compile, write the manifest, check the gates, submit, and mark the stage 5 gate In Progress."""
-    compiled = compile_files(files)
+    compiled = compile_files(files, workflow)
     spec = api.parse_manifest(compiled.yaml_text, str(manifest_path.absolute()))
     overridden = check_gates(workflow, force) if workflow is not None else []
     manifest_path.write_text(compiled.yaml_text)
@@ -72,3 +80,24 @@ def submit(files: PlanFiles, manifest_path: Path, workflow: Path | None, force: 
     if workflow is not None:
         set_gate(workflow, TRAINING_STAGE, "In Progress", evidence=f"exq submission {item.id} ({manifest_path.name})")
     return item, overridden
+
+
+def check_gate(paths: api.StatePaths, runs_file: Path, milestone: str, submission: str) -> list[Check]:
+    """The milestone's metric rules (from the runs file) checked on its succeeded MUST jobs of `submission`."""
+    rules = load_runs(runs_file).file.gates.get(milestone)
+    if not rules:
+        raise ExqError(f"{runs_file}: no gates.{milestone} rules")
+    jobs = [JobMetrics(job.id, str(job.params.get("run", job.id)), job.result or {})
+            for job in api.status(paths).state.jobs
+            if job.submission == submission and job.phase == milestone and job.status == api.JobStatus.SUCCEEDED]
+    return evaluate(rules, jobs)
+
+
+def gate_result(milestone: str, checks: list[Check]) -> dict[str, object]:
+    """What the gate job writes to EXQ_RESULT_FILE; `error` (why it failed) is what `exq status` shows."""
+    result: dict[str, object] = {"gate": milestone, "passed": all(c.passed for c in checks),
+                                 "checks": [{"rule": c.rule, "passed": c.passed, "detail": c.detail} for c in checks]}
+    failed = [f"{c.rule}: {c.detail}" for c in checks if not c.passed]
+    if failed:
+        result["error"] = f"gate {milestone} failed: " + "; ".join(failed)
+    return result

@@ -8,6 +8,9 @@ import signal
 from exq.queue.outcome import OOM_EXIT_CODE, Outcome
 from exq.queue.workers.base import AttemptReport
 
+ERROR_CHARS = 300
+"""A failed job's own explanation (`error` in its result file) is cut to this many characters."""
+
 OOM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("torch.cuda.OutOfMemoryError", re.compile(r"torch\.cuda\.OutOfMemoryError")),
     ("torch.OutOfMemoryError", re.compile(r"torch\.OutOfMemoryError")),
@@ -63,4 +66,13 @@ def classify(
     sig = record.signal
     if sig is not None and sig in signal.valid_signals():
         return Outcome.KILLED, f"killed by {signal_name(sig)}"
-    return Outcome.FAILED, f"exit code {code}"
+    return Outcome.FAILED, f"exit code {code}" + _explanation(report)
+
+
+def _explanation(report: AttemptReport) -> str:
+    """`: <message>` when the failed job explained itself with {"error": "..."} in EXQ_RESULT_FILE."""
+    error = (report.result or {}).get("error")
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    text = " ".join(error.split())
+    return ": " + (text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "\u2026")

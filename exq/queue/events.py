@@ -106,8 +106,19 @@ class PausedSet(_Event):
     paused: bool
 
 
+class HookRan(_Event):
+    """A run of the submission's on_job_end hook finished; it saw every status change up to `covered`."""
+
+    type: Literal["hook_ran"] = "hook_ran"
+    submission: str
+    covered: int
+    ok: bool
+    error: str | None = None
+
+
 Event = Annotated[
-    Submitted | Launched | Started | Ended | Blocked | CancelRequested | Reset | HostDown | HostUp | PausedSet,
+    Submitted | Launched | Started | Ended | Blocked | CancelRequested | Reset | HostDown | HostUp | PausedSet
+    | HookRan,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -92,6 +92,14 @@ class JobSpec(_Frozen):
     sync: SyncSpec | None = None
 
 
+class Hook(_Frozen):
+    """A shell command the daemon runs on its own machine after jobs of a submission change status."""
+
+    cmd: str = Field(description="Run with /bin/sh -c.")
+    workdir: str = Field(description="Where it runs: the manifest's workdir.")
+    env: dict[str, str] = Field(default_factory=dict, description="The manifest's top-level env.")
+
+
 class SubmissionSpec(_Frozen):
     """A whole expanded manifest, ready to submit."""
 
@@ -99,3 +107,4 @@ class SubmissionSpec(_Frozen):
     source: str = Field(description="Absolute path of the manifest file.")
     phases: list[str]
     jobs: list[JobSpec]
+    on_job_end: Hook | None = None

@@ -7,6 +7,7 @@ from exq.queue.events import (
     CancelRequested,
     Ended,
     Event,
+    HookRan,
     HostDown,
     HostUp,
     Launched,
@@ -15,7 +16,7 @@ from exq.queue.events import (
     Started,
     Submitted,
 )
-from exq.queue.state import Job, JobStatus, QueueState, job_key
+from exq.queue.state import Job, JobStatus, QueueState, Submission, job_key
 
 
 class Ledger:
@@ -26,7 +27,7 @@ class Ledger:
         self.jobs: dict[str, Job] = {job.key: job for job in self.state.jobs}
         self.queued: dict[str, Job] = {j.key: j for j in self.state.jobs if j.status == JobStatus.QUEUED}
         """Queued jobs in submission order: what placement scans, however many jobs have finished."""
-        self.submissions = {sub.id for sub in self.state.submissions}
+        self.submissions: dict[str, Submission] = {sub.id: sub for sub in self.state.submissions}
 
     def job(self, key: str) -> Job:
         return self.jobs[key]
@@ -52,12 +53,13 @@ class Ledger:
             case Reset():
                 for key in event.keys:
                     self._reset(self.jobs[key])
-            case HostDown():
-                self._mark(event.keys, JobStatus.UNKNOWN, f"host {event.host} is not answering")
-            case HostUp():
-                self._mark(event.keys, JobStatus.RUNNING, None)
+            case HostDown() | HostUp():
+                self._host_changed(event)
             case PausedSet():
                 self.state.paused = event.paused
+            case HookRan():
+                sub = self.submissions[event.submission]
+                sub.hook_covered, sub.hook_error = event.covered, None if event.ok else event.error
 
     def _mark(self, keys: list[str], status: JobStatus, reason: str | None, finished_at: float | None = None) -> None:
         for key in keys:
@@ -66,6 +68,12 @@ class Ledger:
             job.reason = reason
             if finished_at is not None:
                 job.finished_at = finished_at
+
+    def _host_changed(self, event: HostDown | HostUp) -> None:
+        if isinstance(event, HostDown):
+            self._mark(event.keys, JobStatus.UNKNOWN, f"host {event.host} is not answering")
+        else:
+            self._mark(event.keys, JobStatus.RUNNING, None)
 
     def _launched(self, event: Launched) -> None:
         job = self.jobs[event.key]
@@ -76,8 +84,9 @@ class Ledger:
         job.log, job.reason, job.not_before = event.attempt.log, None, None
 
     def _submitted(self, event: Submitted) -> None:
-        self.state.submissions.append(event.submission)
-        self.submissions.add(event.submission.id)
+        sub = event.submission.model_copy()  # the ledger changes it; the event stays as journaled
+        self.state.submissions.append(sub)
+        self.submissions[sub.id] = sub
         order = len(self.state.jobs)
         for offset, spec in enumerate(event.jobs):
             job = Job(
@@ -127,6 +136,9 @@ class Ledger:
                 job.reason, job.finished_at = "cancelled by user", event.at
 
     def _set_status(self, job: Job, status: JobStatus) -> None:
+        """The one place a job's status changes; each real change is counted for its submission's hook."""
+        if job.status != status:
+            self.submissions[job.submission].changes += 1
         job.status = status
         if status == JobStatus.QUEUED:
             self.queued[job.key] = job

@@ -26,6 +26,7 @@ from exq.errors import ManifestError
 from exq.queue import expand
 from exq.queue.jobspec import (
     FailureRetry,
+    Hook,
     JobSpec,
     OomRetry,
     OomScale,
@@ -83,6 +84,7 @@ EnvValue = Annotated[str, leaf("a string, number or boolean",
 Values = Annotated[list[Value], BeforeValidator(_non_empty_list)]
 ZipGroup = Annotated[dict[Str, Values], AfterValidator(_equal_lengths)]
 Names = Annotated[list[Str], BeforeValidator(_one_or_list)]
+Command = Annotated[str, leaf("a shell command (a non-empty string)", lambda v: isinstance(v, str) and bool(v.strip()))]
 
 # ---------------------------------------------------------------- the document models
 
@@ -190,10 +192,11 @@ class ManifestModel(JobsModel):
     defaults: SettingsModel = SettingsModel()
     phases: list[PhaseModel] | None = None
     cmd: Str | None = None
+    on_job_end: Command | None = None
 
 
 _SETTINGS = set(SettingsModel.model_fields)
-_TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup"}
+_TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup", "on_job_end"}
 _RESOURCES = ("gpus", "gpu_memory", "share", "timeout")
 _RESERVED = ("phase", "id")
 
@@ -406,7 +409,9 @@ def _expand(model: ManifestModel, source: str, problems: Problems) -> Submission
     deps = expand.resolve_deps(graph, problems)
     problems.raise_if_any()
     jobs = [j.model_copy(update={"deps": deps.get(j.id, [])}) for j in jobs]
-    return SubmissionSpec(name=model.name, source=source, phases=[p.name for p in phases], jobs=jobs)
+    hook = None if model.on_job_end is None else Hook(cmd=model.on_job_end, workdir=workdir, env=model.env)
+    return SubmissionSpec(name=model.name, source=source, phases=[p.name for p in phases], jobs=jobs,
+                          on_job_end=hook)
 
 
 # ---------------------------------------------------------------- entry points

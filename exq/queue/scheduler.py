@@ -24,6 +24,7 @@ from exq.queue.classify import classify
 from exq.queue.codesync import WorkdirCopies
 from exq.queue.events import Blocked, Ended, Event, HostDown, HostUp, Launched, Started, Submitted
 from exq.queue.gpus import GpuSnapshot
+from exq.queue.hooks import HookRuns
 from exq.queue.hosts import Change, HostHealth, HostTracker
 from exq.queue.jobspec import Resources
 from exq.queue.outcome import Outcome
@@ -74,6 +75,8 @@ class SchedulerConfig:
     """How long a host may not answer before its running jobs count as lost and are requeued."""
     lost_timeouts: dict[str, float] = field(default_factory=dict)
     """Per-host overrides of lost_timeout."""
+    hook_timeout: float = 120.0
+    """A submission's on_job_end hook is killed after running this long."""
 
 
 class Scheduler:
@@ -103,6 +106,7 @@ class Scheduler:
         self._pending: list[Event] = []
         self._hosts = HostTracker(self.config.lost_timeouts, self.config.lost_timeout)
         self._copies = WorkdirCopies(self._wake_up)
+        self._hooks = HookRuns(store.paths, self.config.hook_timeout, self._wake_up)
         self._probed_at: dict[str, float] = {}
         self._probes: dict[str, asyncio.Task[GpuSnapshot]] = {}
         """Probes in flight, one per host: a host that hangs never stalls the loop."""
@@ -129,11 +133,12 @@ class Scheduler:
         try:
             while not self._draining:
                 await self._turn()
-                if until is not None and until(self.store.state):
+                if until is not None and until(self.store.state) and self._hooks.settled(self.store.state.submissions):
                     break
                 await self._sleep()
         finally:
             self._copies.cancel()
+            await self._hooks.cancel()
             for task in [*self._tasks, *self._probes.values()]:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -162,7 +167,9 @@ class Scheduler:
         await self._settle()
         if not self.store.state.paused and not self._draining:
             await self._place()
+        self._pending.extend(self._hooks.finished())
         self._flush()
+        self._hooks.start_due(self.store.state.submissions)  # after the flush: hooks read the durable state
         self.store.snapshot()
 
     async def _sleep(self) -> None:
@@ -223,9 +230,7 @@ class Scheduler:
             path.unlink(missing_ok=True)
 
     def _submission(self, sub_id: str) -> Submission | None:
-        if sub_id not in self.store.ledger.submissions:
-            return None
-        return next(s for s in self.store.state.submissions if s.id == sub_id)
+        return self.store.ledger.submissions.get(sub_id)
 
     async def _handle_control(self) -> None:
         for path, req in intake.pending_requests(self.store.paths):
@@ -543,6 +548,8 @@ class Scheduler:
         )
         if job.spec.resources.gpu_memory is not None:
             env["EXQ_GPU_MEMORY"] = str(job.spec.resources.gpu_memory)
+        if attempt.host == LOCAL_HOST:
+            env["EXQ_STATE_DIR"] = str(self.store.paths.root)
         return env
 
     # -- probes and recovery ---------------------------------------------------------------
@@ -716,7 +723,7 @@ _EMPTY = GpuSnapshot(backend="none", gpus=(), taken_at=0.0)
 def intake_submission(item: intake.Intake) -> Submission:
     spec = item.spec
     return Submission(id=item.id, name=spec.name, source=spec.source, submitted_at=item.submitted_at,
-                      phases=list(spec.phases), jobs=len(spec.jobs))
+                      phases=list(spec.phases), jobs=len(spec.jobs), on_job_end=spec.on_job_end)
 
 
 def _result_file(attempt: Attempt) -> str:

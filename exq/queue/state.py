@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from exq.queue.jobspec import JobSpec, Scalar
+from exq.queue.jobspec import Hook, JobSpec, Scalar
 from exq.queue.outcome import Outcome
 
 STATE_VERSION = 1
@@ -107,6 +107,10 @@ class Submission(_Model):
     submitted_at: float
     phases: list[str]
     jobs: int
+    on_job_end: Hook | None = None
+    changes: int = Field(0, description="How many times a job of it changed status (what on_job_end follows).")
+    hook_covered: int = Field(0, description="The changes the last finished on_job_end run covered.")
+    hook_error: str | None = Field(None, description="Why the last on_job_end run failed; null when it succeeded.")
 
 
 class GpuView(_Model):

@@ -7,6 +7,7 @@ Layout (dirs 0700, files 0600):
   intake/            submissions waiting to be ingested (`exq submit` writes one file each)
   control/           requests (cancel, retry, pause, resume) waiting for the writer
   jobs/              attempt directories: jobs/<submission>/<job>/<attempt>/{log,pid,exit,result.json}
+  hooks/             on_job_end hooks: <submission>.log (their output), <submission>.pid (a run in flight)
 
 Recovery = load the snapshot, then replay journal events with a higher seq. A torn last journal
 line (crash mid-append) is dropped; it was never acknowledged.
@@ -57,11 +58,16 @@ class StatePaths:
         self.intake = self.root / "intake"
         self.control = self.root / "control"
         self.jobs = self.root / "jobs"
+        self.hooks = self.root / "hooks"
 
     def create(self) -> StatePaths:
         for path in (self.root, self.intake, self.control, self.jobs):
             private_dir(path)
         return self
+
+    def hook_log(self, submission: str) -> Path:
+        """Where the output of a submission's on_job_end hook runs is appended."""
+        return self.hooks / f"{submission}.log"
 
     def daemon_lock(self) -> FileLock:
         return FileLock(str(self.lock), mode=PRIVATE_FILE)
