@@ -17,6 +17,7 @@ from exq.config import ExqConfig, load_config
 from exq.errors import DaemonRunningError, ExqError
 from exq.forward import forward, split_host
 from exq.logs import LogSource
+from exq.notify import Notifier
 from exq.queue import intake
 from exq.queue.fsio import atomic_write
 from exq.queue.gpus import GpuSnapshot
@@ -227,13 +228,24 @@ async def _serve(
     store = Store(paths).open()
     workers = build_workers(paths, host_config)
     scheduler = Scheduler(store, workers, config or scheduler_config(host_config), mode=mode)
+    notifier = Notifier.from_env()  # systemd's Type=notify; does nothing without NOTIFY_SOCKET
+
+    def drain() -> None:
+        notifier.stopping()
+        scheduler.drain()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, scheduler.drain)
+        loop.add_signal_handler(sig, drain)
+    watchdog = asyncio.ensure_future(notifier.watchdog())
     try:
-        await scheduler.run(until)
+        await scheduler.run(until, on_turn=notifier.on_turn)
         return store.state
     finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+        notifier.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         for worker in workers.values():

@@ -452,6 +452,18 @@ def import_aris(spec: Path, output: Path | None) -> None:
         console.print(f"wrote {output} ({len(conversion.notes)} note(s) above)")
 
 
+def _register() -> None:
+    """Commands defined beside the code they drive."""
+    from exq.doctor import doctor
+    from exq.service import service
+
+    cli.add_command(doctor)
+    cli.add_command(service)
+
+
+_register()
+
+
 def main() -> None:
     """Entry point: the one error boundary mapping exq errors to messages and exit codes."""
     try:

@@ -119,8 +119,13 @@ class Scheduler:
         if self._wake is not None:
             self._wake.set()
 
-    async def run(self, until: Callable[[QueueState], bool] | None = None) -> None:
-        """Run until drained, or until `until(state)` holds after a turn (the `exq run` mode)."""
+    async def run(
+        self, until: Callable[[QueueState], bool] | None = None, on_turn: Callable[[QueueState], None] | None = None
+    ) -> None:
+        """Run until drained, or until `until(state)` holds after a turn (the `exq run` mode).
+
+        `on_turn(state)` is called after each turn (the first one: recovered, in the loop; see exq.notify).
+        """
         self._wake = asyncio.Event()
         intake.clean_stale_replies(self.store.paths)
         self._set_daemon_info()
@@ -133,6 +138,8 @@ class Scheduler:
         try:
             while not self._draining:
                 await self._turn()
+                if on_turn is not None:
+                    on_turn(self.store.state)
                 if until is not None and until(self.store.state) and self._hooks.settled(self.store.state.submissions):
                     break
                 await self._sleep()
