@@ -10,6 +10,7 @@ from exq.bridge.compile import GATE_SUFFIX, block_of
 from exq.bridge.gates import as_number
 from exq.bridge.model import Milestone, Plan, Tracker, TrackerRow
 from exq.bridge.runs import RunsFile
+from exq.text import one_line
 
 PASSED, FAILED, PENDING = "PASSED", "FAILED", "PENDING"
 """Milestone verdicts, as EXPERIMENT_RESULTS.md headings write them."""
@@ -89,7 +90,7 @@ class RunProgress:
         bad = next((j for j in self.jobs if j.status in (JobStatus.FAILED, JobStatus.BLOCKED) and j.reason), None)
         if bad is None:
             return ""
-        return _cut(f"{bad.id}: {bad.reason}")
+        return one_line(f"{bad.id}: {bad.reason}", REASON_CHARS)
 
     @property
     def finished_at(self) -> float | None:
@@ -137,7 +138,7 @@ class MilestoneProgress:
     def gate_reason(self) -> str:
         if self.gate is None or self.gate.status != JobStatus.FAILED:
             return ""
-        return _cut(self.gate.reason or "")
+        return one_line(self.gate.reason or "", REASON_CHARS)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,3 @@ def _metric(row: TrackerRow, milestone: Milestone, runs: RunsFile, jobs: list[Jo
             return first
     return None
 
-
-def _cut(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "\u2026"

@@ -34,6 +34,7 @@ from exq.bridge.results import new_document, update_results
 from exq.bridge.runlog import append_entries, new_entries
 from exq.bridge.runs import load_runs
 from exq.errors import NotFoundError
+from exq.text import one_line
 
 EVIDENCE_CHARS = 700
 REENTRY = ("re-entry classification left to the human (Local Fix, Plan Impact, Requirement Gap, "
@@ -164,4 +165,4 @@ def _evidence(progress: PlanProgress) -> str:
         parts.append(f"{milestone.milestone.id} {milestone.verdict} ({', '.join(detail)})")
     head = f"exq submission {progress.submission}: {done}/{total} must-run done"
     text = "; ".join([head, *([] if progress.passed else [REENTRY]), *parts])
-    return text if len(text) <= EVIDENCE_CHARS else text[: EVIDENCE_CHARS - 1] + "\u2026"
+    return one_line(text, EVIDENCE_CHARS)

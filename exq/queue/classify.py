@@ -7,6 +7,7 @@ import signal
 
 from exq.queue.outcome import OOM_EXIT_CODE, Outcome
 from exq.queue.workers.base import AttemptReport
+from exq.text import one_line
 
 ERROR_CHARS = 300
 """A failed job's own explanation (`error` in its result file) is cut to this many characters."""
@@ -74,5 +75,4 @@ def _explanation(report: AttemptReport) -> str:
     error = (report.result or {}).get("error")
     if not isinstance(error, str) or not error.strip():
         return ""
-    text = " ".join(error.split())
-    return ": " + (text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "\u2026")
+    return ": " + one_line(error, ERROR_CHARS)
