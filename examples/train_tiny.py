@@ -5,8 +5,11 @@
 
 It trains with micro-batches of at most `--batch-size` and gradient accumulation up to the effective
 batch `--base-batch` (`exq.torch.scaled_batch`), so exq's `on_oom.scale` can halve the batch size
-without changing the optimisation. `--oom-above N` simulates a CUDA out-of-memory error (the real
-`torch.cuda.OutOfMemoryError`) when the batch size is above N; `exq.torch.oom_guard` turns it into
+without changing the optimisation. Run by exq without those flags, it takes both from the job's
+`batch_size` param (`exq.torch.batch_plan`: this attempt's value, and the manifest's).
+
+`--oom-above N` simulates a CUDA out-of-memory error (the real `torch.cuda.OutOfMemoryError`) when the
+batch size is above N; `exq.torch.oom_guard` turns it into
 exq's OOM exit code. With `--teacher` it distils from a saved teacher. Metrics (initial_loss,
 final_loss, accuracy, ...) go to $EXQ_RESULT_FILE through `exq.torch.finish`.
 """
@@ -25,15 +28,18 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from exq.torch import finish, oom_guard, report, scaled_batch  # noqa: E402
+from exq.torch import batch_plan, finish, oom_guard, report, scaled_batch  # noqa: E402
+from exq.torch import params as exq_params  # noqa: E402
 
 FEATURES, CLASSES, HIDDEN = 16, 4, 64
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-size", type=int, default=256, help="largest micro-batch (on_oom.scale shrinks it)")
-    parser.add_argument("--base-batch", type=int, default=256, help="effective batch, kept by accumulation")
+    parser.add_argument("--batch-size", type=int,
+                        help="largest micro-batch (default: the exq param batch_size, which on_oom.scale shrinks)")
+    parser.add_argument("--base-batch", type=int,
+                        help="effective batch, kept by accumulation (default: the manifest's batch_size)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=5)
@@ -78,6 +84,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # several jobs may share one CPU
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch_size is None and "batch_size" in exq_params():
+        plan = batch_plan("batch_size")  # this attempt's batch_size against the manifest's
+        args.batch_size, args.base_batch = plan.batch_size, plan.effective
+    args.batch_size = args.batch_size or 256
+    args.base_batch = args.base_batch or args.batch_size
     micro, accumulation = scaled_batch(args.batch_size, args.base_batch)
     print(f"job {os.environ.get('EXQ_JOB_ID')} attempt {os.environ.get('EXQ_ATTEMPT')} on {device}: "
           f"micro-batch {micro} x {accumulation} accumulation steps (effective {args.base_batch})", flush=True)

@@ -39,11 +39,13 @@ from exq.queue.template import JOB_ID_RE, TemplateError, format_value, render
 from exq.queue.workers import Worker
 from exq.queue.workers.local import LocalWorker
 from exq.queue.workers.ssh import SshWorker
+from exq.queue.workers.sshconn import FailureKind, failure_kind
 
 __all__ = [
     "JOB_ID_RE",
     "ControlReply",
     "ControlRequest",
+    "FailureKind",
     "HostReport",
     "Intake",
     "Job",
@@ -180,6 +182,8 @@ class HostReport:
     name: str
     snapshot: GpuSnapshot | None
     error: str | None
+    error_kind: FailureKind | None = None
+    """What kind of failure `error` is (host key, auth, refused, dns, timeout, unreachable, other)."""
 
 
 def probe_hosts(paths: StatePaths, timeout: float = 60.0) -> list[HostReport]:
@@ -192,7 +196,7 @@ async def _probe_hosts(workers: dict[str, Worker], timeout: float) -> list[HostR
         try:
             return HostReport(name, await asyncio.wait_for(worker.probe(), timeout), None)
         except (ExqError, TimeoutError) as exc:
-            return HostReport(name, None, str(exc) or "timed out")
+            return HostReport(name, None, str(exc) or "timed out", failure_kind(exc))
         finally:
             await worker.close()
 

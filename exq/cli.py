@@ -131,13 +131,17 @@ def run(ctx: click.Context, manifest: Path) -> None:
 @click.option("--probe-interval", default=2.0, show_default=True, help="Seconds between GPU probes.")
 @click.option("--hook-timeout", default=120.0, show_default=True,
               help="Seconds a manifest's on_job_end hook may run before it is killed.")
+@click.option("--progress-interval", default=3.0, show_default=True,
+              help="Seconds between reads of running jobs' result files (live progress in exq status).")
 @click.pass_context
-def daemon(ctx: click.Context, foreign_threshold: str, probe_interval: float, hook_timeout: float) -> None:
+def daemon(ctx: click.Context, foreign_threshold: str, probe_interval: float, hook_timeout: float,
+           progress_interval: float) -> None:
     """Run the scheduler until SIGTERM (drain: stop placing, leave running jobs running, exit)."""
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("exq").setLevel(logging.INFO)
     config = api.scheduler_config(api.load_config(), foreign_threshold=parse_size(foreign_threshold),
-                                  probe_interval=probe_interval, hook_timeout=hook_timeout)
+                                  probe_interval=probe_interval, hook_timeout=hook_timeout,
+                                  progress_interval=progress_interval)
     api.serve(_paths(ctx), config=config)
 
 

@@ -189,30 +189,31 @@ def check_disk(paths: api.StatePaths) -> Check:
 # --- SSH hosts ---------------------------------------------------------------------------------
 
 
-def host_fix(name: str, host: HostConfig | None, error: str) -> str:
-    """Advice for one host's probe error, by its kind (host key, auth, address, timeout, other)."""
+def host_fix(name: str, host: HostConfig | None, kind: api.FailureKind | None) -> str:
+    """Advice for one host's probe failure, by its kind (`api.HostReport.error_kind`)."""
     address = (host.address if host else None) or name
     port = (host.port if host else None) or 22
     known = (host.known_hosts if host else None) or "~/.ssh/known_hosts"
-    text = error.lower()
-    if "host key" in text:
-        target = address if port == 22 else f"[{address}]:{port}"
-        return (f"check the host key's fingerprint with the host's owner, then add it: "
-                f"`ssh-keyscan -p {port} {address} >> {known}` (with the HostName/Port of ~/.ssh/config if "
-                f"{address} is an alias); if the key changed (host reinstalled), remove the old one first: "
-                f"`ssh-keygen -R '{target}' -f {known}`")
-    if "permissiondenied" in text or "permission denied" in text:
-        return (f"authentication failed: check `user`/`identity_file` for {name} in the config (or User/"
-                f"IdentityFile in ~/.ssh/config), that the key is loaded (ssh-agent), and that its public key "
-                f"is in ~/.ssh/authorized_keys on the host; `ssh {name} true` must log in without a prompt")
-    if "refused" in text:
-        return (f"nothing accepts SSH at {address} port {port}: check `address`/`port` for {name} "
-                f"and that sshd runs on the host")
-    if "gaierror" in text or "name or service not known" in text or "name resolution" in text:
-        return f"{address} does not resolve: check `address` for {name} (or HostName in ~/.ssh/config)"
-    if "unreachable" in text or "timed out" in text or "timeout" in text:
-        return (f"check `address`/`port`/`user` for {name} in the config, the network (VPN, firewall) and "
-                f"that `ssh {name} true` logs in without a prompt")
+    reach = (f"check `address`/`port`/`user` for {name} in the config, the network (VPN, firewall) and "
+             f"that `ssh {name} true` logs in without a prompt")
+    match kind:
+        case "host-key":
+            target = address if port == 22 else f"[{address}]:{port}"
+            return (f"check the host key's fingerprint with the host's owner, then add it: "
+                    f"`ssh-keyscan -p {port} {address} >> {known}` (with the HostName/Port of ~/.ssh/config if "
+                    f"{address} is an alias); if the key changed (host reinstalled), remove the old one first: "
+                    f"`ssh-keygen -R '{target}' -f {known}`")
+        case "auth":
+            return (f"authentication failed: check `user`/`identity_file` for {name} in the config (or User/"
+                    f"IdentityFile in ~/.ssh/config), that the key is loaded (ssh-agent), and that its public key "
+                    f"is in ~/.ssh/authorized_keys on the host; `ssh {name} true` must log in without a prompt")
+        case "refused":
+            return (f"nothing accepts SSH at {address} port {port}: check `address`/`port` for {name} "
+                    f"and that sshd runs on the host")
+        case "dns":
+            return f"{address} does not resolve: check `address` for {name} (or HostName in ~/.ssh/config)"
+        case "timeout" | "unreachable":
+            return reach
     return f"check that `ssh {name} nvidia-smi` works (POSIX sh, coreutils, setsid and nvidia-smi on the host)"
 
 
@@ -233,7 +234,8 @@ def check_hosts(paths: api.StatePaths, config: ExqConfig, timeout: float = HOST_
         snap = report.snapshot
         if snap is None:
             error = report.error or "unknown error"
-            checks.append(Check(name, "fail", error, host_fix(report.name, remote.get(report.name), error)))
+            fix = host_fix(report.name, remote.get(report.name), report.error_kind)
+            checks.append(Check(name, "fail", error, fix))
             continue
         note = f"; {snap.message}" if snap.message else ""
         if not snap.gpus:

@@ -2,8 +2,9 @@
 
 - `oom_guard`: a decorator / context manager that turns a CUDA out-of-memory error into one marker line
   on stderr and exq's OOM exit code, so the attempt is classified `oom` and retried per `retry.oom`.
-- `scaled_batch`: micro-batch and gradient-accumulation steps that keep the effective batch when
-  `on_oom.scale` has shrunk the batch size passed on the command line.
+- `params` / `param`: this attempt's params (after any `on_oom.scale`), from `$EXQ_PARAMS`.
+- `batch_plan` / `scaled_batch`: micro-batch and gradient-accumulation steps that keep the effective
+  batch when `on_oom.scale` has shrunk the batch size.
 - `report` / `finish` (or a `Reporter`): metrics written atomically to `$EXQ_RESULT_FILE`, with
   throttled progress while training runs.
 
@@ -20,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
@@ -27,9 +29,13 @@ from typing import Any, ParamSpec, TypeVar, overload
 from exq.queue.fsio import atomic_write
 from exq.queue.outcome import OOM_EXIT_CODE
 
-__all__ = ["OOM_EXIT_CODE", "Reporter", "finish", "is_cuda_oom", "oom_guard", "report", "scaled_batch"]
+__all__ = [
+    "OOM_EXIT_CODE", "BatchPlan", "Reporter", "batch_plan", "finish", "is_cuda_oom", "oom_guard", "param", "params",
+    "report", "scaled_batch",
+]
 
 P = ParamSpec("P")
+_MISSING: Any = object()
 R = TypeVar("R")
 
 OOM_MESSAGES = (
@@ -101,6 +107,62 @@ def scaled_batch(batch_size: int, base_batch: int) -> tuple[int, int]:
         raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, base_batch={base_batch}")
     steps = math.ceil(base_batch / batch_size)
     return math.ceil(base_batch / steps), steps
+
+
+# -- params ----------------------------------------------------------------------------------
+
+
+def params() -> dict[str, Any]:
+    """This attempt's params (`$EXQ_PARAMS`), after any `on_oom.scale`; `{}` when not run by exq."""
+    return _params_from("EXQ_PARAMS")
+
+
+def param(name: str, default: Any = _MISSING) -> Any:
+    """One param of this attempt; `default` when the job has none of that name (KeyError without one)."""
+    values = params()
+    if name in values:
+        return values[name]
+    if default is _MISSING:
+        known = ", ".join(sorted(values)) or "none: not run by exq?"
+        raise KeyError(f"no param {name!r} in $EXQ_PARAMS (params: {known})")
+    return default
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How to run one step of the manifest's effective batch with the batch size that fits now."""
+
+    batch_size: int
+    """This attempt's value of the param (after any `on_oom.scale`)."""
+    effective: int
+    """The manifest's value: the batch one optimiser step covers."""
+    micro: int
+    accumulation: int
+
+
+def batch_plan(name: str = "batch_size") -> BatchPlan:
+    """`scaled_batch` for param `name`, this attempt's value against the manifest's (`$EXQ_BASE_PARAMS`).
+
+    On a first attempt `micro == effective` and `accumulation == 1`; after OOM retries that halved
+    the param, the micro-batch shrinks and accumulation keeps the effective batch.
+    """
+    batch = int(param(name))
+    effective = int(_params_from("EXQ_BASE_PARAMS").get(name, batch))
+    micro, accumulation = scaled_batch(batch, effective)
+    return BatchPlan(batch, effective, micro, accumulation)
+
+
+def _params_from(variable: str) -> dict[str, Any]:
+    text = os.environ.get(variable)
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"${variable} does not hold JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"${variable} does not hold a JSON object")
+    return values
 
 
 # -- results ---------------------------------------------------------------------------------

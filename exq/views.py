@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -77,14 +78,48 @@ def job_table(jobs: list[Job], limit: int | None = None) -> Table:
         elapsed = ""
         if attempt is not None and attempt.started_at:
             elapsed = format_duration((attempt.ended_at or now) - attempt.started_at)
-        detail = job.reason or ""
-        if job.result:
-            detail = " ".join(f"{k}={v}" for k, v in list(job.result.items())[:4])
-        scaled = [f"{k} {job.spec.params[k]}->{v}" for k, v in job.params.items() if job.spec.params.get(k) != v]
-        detail = "; ".join(part for part in (*scaled, detail) if part)
         table.add_row(job.key, Text(job.status.value, style=STATUS_STYLE[job.status]),
-                      str(len(job.attempts)), where, elapsed, detail)
+                      str(len(job.attempts)), where, elapsed, _job_detail(job, now))
     return table
+
+
+STALE_REPORT = 300.0
+"""A running job whose reported values have not changed for this long says so in `exq status`."""
+
+
+def _job_detail(job: Job, now: float) -> RenderableType:
+    """Scaled params, then live progress (a bar and metrics), the result, or the reason."""
+    parts = [f"{k} {job.spec.params[k]}->{v}" for k, v in job.params.items() if job.spec.params.get(k) != v]
+    progress = job.progress if job.status == JobStatus.RUNNING else None
+    if progress is not None:
+        parts.append(_metrics_text(progress.metrics))
+        if now - progress.updated_at >= STALE_REPORT:
+            parts.append(f"no new report for {format_duration(now - progress.updated_at)}")
+    elif job.reason:  # a failed job's reason says more than its metrics
+        parts.append(job.reason)
+    elif job.result:
+        parts.append(_metrics_text(job.result))
+    text = "; ".join(part for part in parts if part)
+    if progress is None or progress.step is None:
+        return text
+    grid = Table.grid(padding=(0, 1))
+    step = _number(progress.step)
+    count = f"{step}/{_number(progress.total)}" if progress.total else f"step {step}"
+    if progress.fraction is not None:
+        grid.add_row(ProgressBar(total=1.0, completed=progress.fraction, width=12), count, text)
+    else:
+        grid.add_row(count, text)
+    return grid
+
+
+def _metrics_text(metrics: dict[str, Any], limit: int = 4) -> str:
+    """The first `limit` metrics as `name=value` (floats to 4 significant digits), progress counters left out."""
+    shown = [(k, v) for k, v in metrics.items() if k not in ("step", "total")][:limit]
+    return " ".join(f"{k}={_number(v)}" for k, v in shown)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:

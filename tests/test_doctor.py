@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import asyncssh
 import pytest
 from click.testing import CliRunner, Result
 from sshhosts import SshHosts
@@ -16,6 +19,8 @@ from sshhosts import SshHosts
 from exq import api
 from exq.config import HostConfig
 from exq.doctor import check_disk, doctor, host_fix
+from exq.errors import WorkerError
+from exq.queue.workers.sshconn import HostKeyError, HostUnreachableError, failure_kind
 
 Start = Callable[..., SshHosts]
 
@@ -149,15 +154,28 @@ def test_unreachable_host_fails_with_address_fix(node: Node) -> None:
     assert f"nothing accepts SSH at 127.0.0.1 port {port}" in check["fix"]
 
 
-@pytest.mark.parametrize(("error", "expected"), [
-    ("host h (10.0.0.1, port 22): host key not verified: Host key is not trusted", "ssh-keyscan -p 2222 10.0.0.1"),
-    ("host h (10.0.0.1) unreachable: PermissionDenied: Permission denied for user bob", "authorized_keys"),
-    ("host h (nosuch) unreachable: gaierror: [Errno -2] Name or service not known", "does not resolve"),
-    ("timed out", "network"),
-    ("host h: probe failed (exit 127): nvidia-smi: not found", "ssh h nvidia-smi"),
+def chained(outer: BaseException, cause: BaseException) -> BaseException:
+    """`outer` as exq raises it: `raise outer from cause`."""
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(("error", "kind", "expected"), [
+    (HostKeyError("host h: host key not verified"), "host-key", "ssh-keyscan -p 2222 10.0.0.1"),
+    (chained(HostUnreachableError("host h unreachable"), asyncssh.PermissionDenied("denied")), "auth",
+     "authorized_keys"),
+    (chained(HostUnreachableError("x"), ConnectionRefusedError(errno.ECONNREFUSED, "refused")), "refused",
+     "nothing accepts SSH at 10.0.0.1 port 2222"),
+    (chained(HostUnreachableError("x"), socket.gaierror(-2, "Name or service not known")), "dns",
+     "does not resolve"),
+    (TimeoutError(), "timeout", "network"),
+    (chained(HostUnreachableError("x"), OSError(errno.EHOSTUNREACH, "No route to host")), "unreachable", "network"),
+    (HostUnreachableError("host h unreachable: probe: connection lost"), "unreachable", "network"),
+    (WorkerError("host h: probe failed (exit 127): nvidia-smi: not found"), "other", "ssh h nvidia-smi"),
 ])
-def test_host_fix_is_tailored_to_the_error(error: str, expected: str) -> None:
-    assert expected in host_fix("h", HostConfig(address="10.0.0.1", port=2222), error)
+def test_host_fix_is_tailored_to_the_kind_of_failure(error: BaseException, kind: str, expected: str) -> None:
+    assert failure_kind(error) == kind
+    assert expected in host_fix("h", HostConfig(address="10.0.0.1", port=2222), failure_kind(error))
 
 
 def test_answering_ssh_host_is_ok(node: Node, ssh_hosts: Start) -> None:
@@ -182,6 +200,18 @@ def test_unknown_host_key_fails_with_keyscan_fix(node: Node, ssh_hosts: Start) -
     assert check["status"] == "fail" and "host key not verified" in check["detail"]
     assert f"ssh-keyscan -p {host.port} {host.address} >> {empty}" in check["fix"]
     assert "ssh-keygen -R" in check["fix"]
+
+
+def test_refused_key_fails_with_authentication_fix(node: Node, ssh_hosts: Start) -> None:
+    host = ssh_hosts([("h1", "1x24GiB")])["h1"]
+    stranger = node.root / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True, timeout=20)
+    node.hosts({"h1": f"address: {host.address}, port: {host.port}, user: {host.user}, "
+                      f"identity_file: {stranger}, known_hosts: {host.known_hosts}, connect_timeout: 5s"})
+    code, checks = node.checks("--timeout", "30")
+    check = checks["host h1"]
+    assert code == 1 and check["status"] == "fail" and "PermissionDenied" in check["detail"]
+    assert "authentication failed" in check["fix"] and "authorized_keys" in check["fix"]
 
 
 def test_a_running_daemon_is_reported(node: Node) -> None:

@@ -48,7 +48,10 @@ def marks(shared: Path, job: str) -> list[str]:
     return path.read_text().split("\n")[:-1] if path.exists() else []
 
 
-def grid_manifest(exq: Exq, shared: Path, ids: int, seconds: float, extra: str = "") -> Path:
+def grid_manifest(exq: Exq, shared: Path, ids: int, seconds: float | None, extra: str = "") -> Path:
+    """Jobs j0.. that mark their start, sleep `seconds` (None: until marks/go exists, at most 60 s), mark done."""
+    wait = (f"sleep {seconds}" if seconds is not None else
+            "n=0; while [ ! -e marks/go ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done")
     return exq.manifest(f"""
         name: spread
         workdir: {shared}
@@ -58,7 +61,7 @@ def grid_manifest(exq: Exq, shared: Path, ids: int, seconds: float, extra: str =
         cmd: >-
           umask 0;
           echo "start $(id -un) $CUDA_VISIBLE_DEVICES" >> marks/j{{i}};
-          sleep {seconds};
+          {wait};
           echo done >> marks/j{{i}}
         {textwrap.indent(extra, "        ").strip()}
     """)
@@ -145,6 +148,32 @@ def test_remote_oom_is_retried_with_a_smaller_batch(exq: Exq, ssh_hosts: Start, 
     assert [a["outcome"] for a in job["attempts"]] == ["oom", "oom", "succeeded"]
     assert marks(shared, "job") == ["256", "128", "64"]
     assert "CUDA out of memory" in exq("logs", "job", "--attempt", "1").stdout  # read from h1 over SSH
+
+
+def test_progress_of_a_remote_job_shows_while_it_runs(exq: Exq, ssh_hosts: Start, shared: Path) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    configure(exq, hosts, local=False)
+    manifest = exq.manifest(f"""
+        name: live
+        workdir: {shared}
+        params: {{lr: 0.5, tag: "it's"}}
+        id: job
+        cmd: >-
+          printf '%s\\n' "$EXQ_PARAMS" > marks/job;
+          printf '{{{{"step": 1, "total": 4, "loss": 0.75}}}}' > "$EXQ_RESULT_FILE";
+          i=0; while [ ! -e marks/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done;
+          printf '{{{{"step": 4, "total": 4, "loss": 0.25}}}}' > "$EXQ_RESULT_FILE"
+    """)
+    exq.start_daemon("--progress-interval", "0.3")
+    exq("submit", str(manifest))
+    job = wait_until(lambda: (j := exq.jobs()["job"]).get("progress") and j, 60, 0.2)
+    assert job["status"] == "running" and job["host"] == "h1"
+    assert (job["progress"]["step"], job["progress"]["total"], job["progress"]["metrics"]) == (1, 4, {"loss": 0.75})
+    assert json.loads(marks(shared, "job")[0]) == {"lr": 0.5, "tag": "it's"}
+    (shared / "marks" / "go").touch()
+    job = exq.wait_finished(1, timeout=60)["job"]
+    assert job["status"] == "succeeded" and job["progress"] is None
+    assert job["result"] == {"step": 4, "total": 4, "loss": 0.25}
 
 
 def test_unknown_host_key_is_refused_with_a_clear_message(exq: Exq, ssh_hosts: Start, tmp_path: Path) -> None:
@@ -240,13 +269,14 @@ def test_hung_host_returning_in_time_is_reattached(exq: Exq, ssh_hosts: Start, s
     hosts = ssh_hosts([("h1", "1x24GiB")])
     configure(exq, hosts, lost_timeout="60s", local=False)
     exq.start_daemon()
-    exq("submit", str(grid_manifest(exq, shared, ids=1, seconds=4.0)))
+    exq("submit", str(grid_manifest(exq, shared, ids=1, seconds=None)))
     wait_until(lambda: (j := exq.jobs().get("j0")) and j["attempts"] and j["attempts"][0]["pid"], 60, 0.2)
     hosts["h1"].stop()
     try:
         wait_until(lambda: exq.jobs()["j0"]["status"] == "unknown", 30, 0.2)
     finally:
         hosts["h1"].cont()
+    (shared / "marks" / "go").touch()
     job = exq.wait_finished(1, timeout=60)["j0"]
     assert job["status"] == "succeeded" and len(job["attempts"]) == 1
     assert marks(shared, "j0")[1:] == ["done"]

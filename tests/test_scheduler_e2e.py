@@ -226,7 +226,9 @@ def test_sigterm_drains_and_leaves_jobs_running_then_reattaches(exq: Exq) -> Non
         name: drain
         gpus: 1
         id: job
-        cmd: sleep 8; echo finished >> marks
+        cmd: >-
+          n=0; while [ ! -e go ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done;
+          echo finished >> marks
     """)
     exq("submit", str(manifest))
     wait_until(lambda: exq.jobs().get("job", {}).get("attempts") and exq.jobs()["job"]["attempts"][0]["pid"])
@@ -236,6 +238,7 @@ def test_sigterm_drains_and_leaves_jobs_running_then_reattaches(exq: Exq) -> Non
     assert group_alive(pgid)  # still running with no daemon
     assert exq.jobs()["job"]["status"] == "running"
     exq.start_daemon()
+    (exq.root / "go").touch()  # the job ends now, watched by the new daemon
     jobs = exq.wait_finished(1)
     assert jobs["job"]["status"] == "succeeded" and len(jobs["job"]["attempts"]) == 1
     assert (exq.root / "marks").read_text() == "finished\n"

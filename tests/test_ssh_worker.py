@@ -7,6 +7,7 @@ intended change, regenerate them with EXQ_UPDATE_GOLDEN=1 and review the diff.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -23,10 +24,11 @@ from sshhosts import SshHost, SshHosts
 from exq.config import HostConfig
 from exq.errors import WorkerError
 from exq.queue.classify import classify
+from exq.queue.gpus.select import NoGpuProbe
 from exq.queue.outcome import Outcome
 from exq.queue.workers import remote
-from exq.queue.workers.base import LaunchRequest, RunRecord
-from exq.queue.workers.local import RUNNER_PATH
+from exq.queue.workers.base import PEEK_LIMIT, LaunchRequest, RunRecord
+from exq.queue.workers.local import RUNNER_PATH, LocalWorker
 from exq.queue.workers.ssh import SshWorker
 from exq.queue.workers.sshconn import HostKeyError, HostUnreachableError
 
@@ -109,6 +111,7 @@ def golden_commands() -> dict[str, str]:
     return {
         "launch": remote.launch_command("/home/alice/.exq/node1/runner.sh", req, 10.0),
         "poll": remote.poll_command(),
+        "peek": remote.peek_command(),
         "kill": remote.kill_command(req.attempt_dir, 2.5),
         "tombstone": remote.tombstone_command(req.attempt_dir),
         "group": remote.group_alive_command(1234),
@@ -328,6 +331,44 @@ def test_report_result_and_missing_outputs(host: SshHost) -> None:
             await worker.close()
 
     run(go)
+
+
+def test_peek_results_reads_what_running_jobs_wrote_like_the_local_worker(host: SshHost) -> None:
+    wd = workdir(host)
+    files = {
+        "progress.json": json.dumps({"step": 3, "total": 10, "loss": 0.25}),
+        "it's $(odd) name.json": json.dumps({"step": 1}),
+        "broken.json": "{half",
+        "list.json": "[1, 2]",
+        "latin1.json": b'{"x": "\xe9"}',
+        "big.json": json.dumps({"pad": "x" * PEEK_LIMIT}),
+        "limit.json": json.dumps({"pad": "x" * (PEEK_LIMIT - 11)}),
+    }
+    for name, text in files.items():
+        (wd / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    (wd / "private.json").write_text("{}")
+    (wd / "private.json").chmod(0)  # the host's user cannot read it (root, the test, can)
+    paths = [str(wd / name) for name in [*files, "absent.json", "private.json"]]
+    expected = {
+        str(wd / "progress.json"): {"step": 3, "total": 10, "loss": 0.25},
+        str(wd / "it's $(odd) name.json"): {"step": 1},
+        str(wd / "limit.json"): {"pad": "x" * (PEEK_LIMIT - 11)},
+    }
+    assert len(files["limit.json"]) == PEEK_LIMIT
+    worker = worker_for(host)
+
+    async def go() -> None:
+        try:
+            await worker.ensure_connected()
+            assert await worker.peek_results(paths) == expected
+            assert await worker.peek_results([]) == {}
+        finally:
+            await worker.close()
+
+    run(go)
+    local = LocalWorker(probe=NoGpuProbe("test"), jobs_root=str(wd))
+    # the same, but for private.json: the test runs as root, who reads what the host's user could not
+    assert run(lambda: local.peek_results(paths)) == {**expected, str(wd / "private.json"): {}}
 
 
 def test_probe_shows_the_job_process_with_its_pgid(host: SshHost) -> None:

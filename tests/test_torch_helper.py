@@ -15,7 +15,7 @@ import pytest
 from conftest import Exq
 
 from exq.queue.outcome import OOM_EXIT_CODE
-from exq.torch import Reporter, scaled_batch
+from exq.torch import BatchPlan, Reporter, batch_plan, param, params, scaled_batch
 
 # Checked without importing torch here: the import costs seconds and warns (no numpy) under filterwarnings=error.
 if importlib.util.find_spec("torch") is None:
@@ -89,6 +89,22 @@ def test_scaled_batch_keeps_the_effective_batch() -> None:
         scaled_batch(0, 256)
 
 
+def test_params_and_batch_plan_read_the_attempts_scaled_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXQ_PARAMS", raising=False)
+    assert params() == {} and param("lr", 0.1) == 0.1
+    with pytest.raises(KeyError, match="not run by exq"):
+        param("batch_size")
+    monkeypatch.setenv("EXQ_PARAMS", json.dumps({"batch_size": 64, "lr": 0.01, "tag": "a b"}))
+    monkeypatch.setenv("EXQ_BASE_PARAMS", json.dumps({"batch_size": 256, "lr": 0.01, "tag": "a b"}))
+    assert param("tag") == "a b" and param("lr") == 0.01
+    with pytest.raises(KeyError, match=r"no param 'seed' in \$EXQ_PARAMS \(params: batch_size, lr, tag\)"):
+        param("seed")
+    assert batch_plan() == BatchPlan(batch_size=64, effective=256, micro=64, accumulation=4)
+    monkeypatch.setenv("EXQ_PARAMS", "{oops")
+    with pytest.raises(ValueError, match=r"\$EXQ_PARAMS does not hold JSON"):
+        params()
+
+
 def test_reporter_writes_throttled_progress_then_the_merged_metrics(tmp_path: Path) -> None:
     path = tmp_path / "result.json"
     reporter = Reporter(path, interval=3600)
@@ -116,7 +132,7 @@ def test_exq_run_retries_a_real_torch_oom_with_a_smaller_batch(exq: Exq) -> None
         retry: {{oom: {{max: 3, backoff: 0.1s}}}}
         on_oom: {{scale: {{param: batch_size, factor: 0.5, min: 8}}}}
         id: job
-        cmd: python3 examples/train_tiny.py --batch-size {{batch_size}} --base-batch 256 --oom-above 64 --epochs 2
+        cmd: python3 examples/train_tiny.py --oom-above 64 --epochs 2   # batch_plan() reads batch_size
     """)
     exq("run", str(manifest))
     job = exq.jobs()["job"]

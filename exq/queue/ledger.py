@@ -81,7 +81,7 @@ class Ledger:
         job.attempts.append(event.attempt)
         job.host, job.gpus = event.attempt.host, list(event.attempt.gpus)
         job.params, job.cmd = dict(event.attempt.params), event.attempt.cmd
-        job.log, job.reason, job.not_before = event.attempt.log, None, None
+        job.log, job.reason, job.not_before, job.progress = event.attempt.log, None, None, None
 
     def _submitted(self, event: Submitted) -> None:
         sub = event.submission.model_copy()  # the ledger changes it; the event stays as journaled
@@ -111,7 +111,7 @@ class Ledger:
         attempt.ended_at, attempt.exit_code, attempt.signal = event.ended_at, event.exit_code, event.signal
         attempt.outcome, attempt.reason = event.outcome, event.reason
         self._set_status(job, event.status)
-        job.not_before = event.not_before
+        job.not_before, job.progress = event.not_before, None
         job.reason = None if event.status == JobStatus.SUCCEEDED else event.job_reason or event.reason
         if event.result is not None:
             job.result = event.result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import posixpath
@@ -36,6 +37,7 @@ from exq.queue.placement import (
     place,
     why_waiting,
 )
+from exq.queue.progress import Peek, ProgressReads
 from exq.queue.retry import next_step
 from exq.queue.state import (
     Attempt,
@@ -44,6 +46,7 @@ from exq.queue.state import (
     HostView,
     Job,
     JobStatus,
+    Progress,
     QueueState,
     Submission,
     job_key,
@@ -77,6 +80,8 @@ class SchedulerConfig:
     """Per-host overrides of lost_timeout."""
     hook_timeout: float = 120.0
     """A submission's on_job_end hook is killed after running this long."""
+    progress_interval: float = 3.0
+    """Seconds between reads of running jobs' result files (their live progress)."""
 
 
 class Scheduler:
@@ -107,6 +112,7 @@ class Scheduler:
         self._hosts = HostTracker(self.config.lost_timeouts, self.config.lost_timeout)
         self._copies = WorkdirCopies(self._wake_up)
         self._hooks = HookRuns(store.paths, self.config.hook_timeout, self._wake_up)
+        self._progress = ProgressReads(self.config.progress_interval, self.config.probe_timeout)
         self._probed_at: dict[str, float] = {}
         self._probes: dict[str, asyncio.Task[GpuSnapshot]] = {}
         """Probes in flight, one per host: a host that hangs never stalls the loop."""
@@ -146,6 +152,7 @@ class Scheduler:
         finally:
             self._copies.cancel()
             await self._hooks.cancel()
+            await self._progress.cancel()
             for task in [*self._tasks, *self._probes.values()]:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -168,12 +175,14 @@ class Scheduler:
         self._ingest()
         await self._handle_control()
         await self._handle_finished()
+        self._apply_progress()
         self._block_dependants()
         self._check_timeouts()
         self._check_lost_hosts()
         await self._settle()
         if not self.store.state.paused and not self._draining:
             await self._place()
+        self._progress.start_due(self.workers, self._running_peeks)
         self._pending.extend(self._hooks.finished())
         self._flush()
         self._hooks.start_due(self.store.state.submissions)  # after the flush: hooks read the durable state
@@ -257,8 +266,12 @@ class Scheduler:
         jobs = []
         for key, number in dict.fromkeys(finished):
             job = self.store.ledger.jobs.get(key)
-            if job is not None and job.status == JobStatus.RUNNING and len(job.attempts) == number:
+            if job is None or len(job.attempts) != number:
+                continue
+            if job.status == JobStatus.RUNNING:
                 jobs.append(job)
+            elif job.status == JobStatus.UNKNOWN:  # seen ending as its host stopped answering: read it
+                self._finished.append((key, number))  # once the host answers again (or it is lost)
         reports = await asyncio.gather(*(self._report(job) for job in jobs), return_exceptions=True)
         for job, report in zip(jobs, reports, strict=True):
             if isinstance(report, ExqError):  # its host stopped answering: try again on a later turn
@@ -266,6 +279,9 @@ class Scheduler:
                 self._finished.append((job.key, len(job.attempts)))
             elif isinstance(report, BaseException):
                 raise report
+            elif report.record.alive and not report.record.ended:
+                log.warning("%s attempt %d: still running after all; watching it again", job.key, len(job.attempts))
+                self._attach(job, report.record)
             else:
                 self._finish_attempt(job, report)
         self._flush()
@@ -297,6 +313,28 @@ class Scheduler:
         if reservation is not None:
             reservation.settling_since = now
             reservation.pgid = reservation.pgid or record.pgid
+
+    def _running_peeks(self) -> list[Peek]:
+        """The result files of the running attempts."""
+        peeks = []
+        for key, reservation in self._reservations.items():
+            job = self.store.ledger.jobs[key]
+            if reservation.settling_since is None and job.status == JobStatus.RUNNING and job.attempts:
+                attempt = job.attempts[-1]
+                peeks.append(Peek(attempt.host, key, attempt.number, _result_file(attempt)))
+        return peeks
+
+    def _apply_progress(self) -> None:
+        """Show what running jobs last wrote to their result files (advisory: not journaled)."""
+        now = time.time()
+        for peek, result in self._progress.collect():
+            job = self.store.ledger.jobs.get(peek.key)
+            if job is None or job.status != JobStatus.RUNNING or len(job.attempts) != peek.number:
+                continue  # ended (or moved on) since the read started
+            progress = Progress.from_result(result, now, job.progress)
+            if progress is not job.progress:
+                job.progress = progress
+                self.store.touch()
 
     def _block_dependants(self) -> None:
         """Queued jobs whose dependency failed, was cancelled or is blocked become blocked."""
@@ -552,6 +590,8 @@ class Scheduler:
             EXQ_PHASE=job.phase,
             EXQ_ATTEMPT=str(attempt.number),
             EXQ_RESULT_FILE=_result_file(attempt),
+            EXQ_PARAMS=json.dumps(attempt.params, sort_keys=True),
+            EXQ_BASE_PARAMS=json.dumps(job.spec.params, sort_keys=True),
         )
         if job.spec.resources.gpu_memory is not None:
             env["EXQ_GPU_MEMORY"] = str(job.spec.resources.gpu_memory)

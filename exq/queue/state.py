@@ -5,6 +5,7 @@ Plain data only; no live handles (processes, connections). Events in `events.py`
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -59,6 +60,41 @@ class Attempt(_Model):
     reason: str | None = Field(None, description="Why it ended as it did, e.g. 'CUDA out of memory'.")
 
 
+class Progress(_Model):
+    """What a running job last wrote to its EXQ_RESULT_FILE (e.g. by `exq.torch.report`).
+
+    Read every few seconds while the job runs; advisory (not journaled), cleared when the attempt ends.
+    """
+
+    step: int | float | None = Field(None, description="The result's `step`, when a number.")
+    total: int | float | None = Field(None, description="The result's `total`, when a number.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Every other key of the result.")
+    updated_at: float = Field(description="When exq first read these values (old: the job stopped reporting).")
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any], now: float, previous: Progress | None = None) -> Progress:
+        """The progress a result file holds; keeps `previous.updated_at` when nothing changed."""
+        step, total = (_number(result.get(name)) for name in ("step", "total"))
+        metrics = {k: v for k, v in result.items() if k not in ("step", "total") or _number(v) is None}
+        if previous is not None and (previous.step, previous.total, previous.metrics) == (step, total, metrics):
+            return previous
+        return cls(step=step, total=total, metrics=metrics, updated_at=now)
+
+    @property
+    def fraction(self) -> float | None:
+        """step / total in [0, 1], when both are known and total is positive."""
+        if self.step is None or not self.total or self.total <= 0:
+            return None
+        return min(1.0, max(0.0, self.step / self.total))
+
+
+def _number(value: Any) -> int | float | None:
+    """`value` when it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
+
+
 class Job(_Model):
     """One job: its spec, where it stands, and every attempt so far."""
 
@@ -82,6 +118,7 @@ class Job(_Model):
     reason: str | None = Field(None, description="Why the job failed, is blocked, or is waiting.")
     log: str | None = Field(None, description="Log file of the latest attempt.")
     result: dict[str, Any] | None = Field(None, description="JSON the job wrote to EXQ_RESULT_FILE.")
+    progress: Progress | None = Field(None, description="Live progress of the running attempt (from its result file).")
     submitted_at: float
     finished_at: float | None = None
     spec: JobSpec

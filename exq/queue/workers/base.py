@@ -7,10 +7,14 @@ and can be re-attached or classified later from those files alone.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from exq.queue.gpus import GpuSnapshot
+
+PEEK_LIMIT = 256 * 1024
+"""A running job's result file larger than this is not read for live progress (only when it ends)."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,21 @@ class AttemptReport:
     """Output globs that matched nothing."""
 
 
+def parse_result(data: bytes, path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object, None) a result file holds, or (None, why it does not hold one)."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"cannot read result file {path}: {exc}"
+    except ValueError as exc:
+        return None, f"invalid JSON in result file {path}: {exc}"
+    if not isinstance(value, dict):
+        return None, f"result file {path} does not hold a JSON object"
+    return value, None
+
+
 class Worker(Protocol):
-    """One host's executor. Implementations: LocalWorker (SSH later). Knows nothing of the scheduler."""
+    """One host's executor (LocalWorker, SshWorker). Knows nothing of the scheduler."""
 
     name: str
 
@@ -115,6 +132,14 @@ class Worker(Protocol):
 
     async def report(self, attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> AttemptReport:
         """Gather the record, log tail, result JSON and missing outputs of an ended attempt."""
+        ...
+
+    async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
+        """The JSON objects these result files (absolute paths on the host) hold now, by path.
+
+        For live progress: files missing, unreadable, over PEEK_LIMIT bytes or not holding a JSON
+        object are left out.
+        """
         ...
 
     async def close(self) -> None: ...

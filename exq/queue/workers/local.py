@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import psutil
 
 from exq.errors import WorkerError
 from exq.queue.gpus import GpuProbe, GpuSnapshot
-from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
+from exq.queue.workers.base import PEEK_LIMIT, AttemptReport, LaunchRequest, RunRecord, parse_result
 
 RUNNER_PATH = Path(__file__).with_name("runner.sh")
 START_TIMEOUT = 10.0
@@ -131,20 +130,18 @@ def _log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
         return ""
 
 
-def _read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _read_result(path: Path, limit: int | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """The result file's JSON object, or why there is none; (None, None) when it is missing or over `limit` bytes."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            if limit is not None and os.fstat(f.fileno()).st_size > limit:
+                return None, None
+            data = f.read()
     except FileNotFoundError:
         return None, None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         return None, f"cannot read result file {path}: {exc}"
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        return None, f"invalid JSON in result file {path}: {exc}"
-    if not isinstance(data, dict):
-        return None, f"result file {path} does not hold a JSON object"
-    return data, None
+    return parse_result(data, str(path))
 
 
 _DETACHED: list[subprocess.Popen[bytes]] = []
@@ -294,6 +291,13 @@ class LocalWorker:
             result_error=result_error,
             missing_outputs=missing,
         )
+
+    async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
+        def peek() -> dict[str, dict[str, Any]]:
+            found = {path: _read_result(Path(path), PEEK_LIMIT)[0] for path in paths}
+            return {path: data for path, data in found.items() if data is not None}
+
+        return await asyncio.to_thread(peek)
 
     async def close(self) -> None:
         """Stop watching runners (they keep running) and close the probe."""

@@ -10,7 +10,6 @@ on stdin, one per line, so one command covers any number of them.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exq.errors import WorkerError
-from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
+from exq.queue.workers.base import PEEK_LIMIT, AttemptReport, LaunchRequest, RunRecord, parse_result
 from exq.queue.workers.local import LOG_TAIL_BYTES, START_TIMEOUT, TOMBSTONE
 
 MARKER = "@@exq"
@@ -175,6 +174,15 @@ done
 """
 
 
+# Each result file named on stdin, as a `dir` block holding it when it is at most $1 bytes.
+_PEEK = """\
+while IFS= read -r f; do
+    echo "$M dir"
+    n=$(wc -c 2>/dev/null < "$f") && [ $((n)) -le "$1" ] && sec result "$f"
+done
+"""
+
+
 def _command(kind: str, body: str, args: list[str]) -> str:
     script = _HEAD + body + 'echo "$M end"\nexit 0\n'
     command = " ".join(["sh -c", shlex.quote(script), f"exq-{kind}", *(shlex.quote(a) for a in args)])
@@ -224,6 +232,11 @@ def tombstone_command(attempt_dir: str) -> str:
 
 def group_alive_command(pgid: int) -> str:
     return _command("group", _GALIVE + _GROUP, [str(int(pgid))])
+
+
+def peek_command() -> str:
+    """The result files given on stdin (see `poll_input`), one block each, those over PEEK_LIMIT left empty."""
+    return _command("peek", _SEC + _PEEK, [str(PEEK_LIMIT)])
 
 
 def report_command(attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> str:
@@ -359,15 +372,17 @@ def _result(data: bytes | None, present: bool, path: str) -> tuple[dict[str, Any
         return None, None
     if data is None:
         return None, f"cannot read result file {path}: not a readable file"
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return None, f"cannot read result file {path}: {exc}"
-    except ValueError as exc:
-        return None, f"invalid JSON in result file {path}: {exc}"
-    if not isinstance(value, dict):
-        return None, f"result file {path} does not hold a JSON object"
-    return value, None
+    return parse_result(data, path)
+
+
+def parse_peek(text: str, paths: list[str]) -> dict[str, dict[str, Any]]:
+    """The JSON objects a peek printed for `paths`, by path (those without one left out)."""
+    blocks = _blocks(parse_frames(text))
+    if len(blocks) != len(paths):
+        raise WorkerError(f"peek returned {len(blocks)} results for {len(paths)} files")
+    found = {path: parse_result(data, path)[0] for path, block in zip(paths, blocks, strict=True)
+             if (data := _files(block).get("result")) is not None}
+    return {path: value for path, value in found.items() if value is not None}
 
 
 def parse_report(text: str, workdir: str, result_file: str, outputs: list[str]) -> AttemptReport:

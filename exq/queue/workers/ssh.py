@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -120,7 +121,8 @@ class SshWorker:
                 return self._conn
             wait = self._retry_at - time.monotonic()
             if wait > 0 and self._last_error is not None:
-                raise type(self._last_error)(f"{self._last_error} (next try in {wait:.1f}s)")
+                last = self._last_error
+                raise type(last)(f"{last} (next try in {wait:.1f}s)") from (last.__cause__ or last)
             try:
                 conn, client = await self._open()
             except WorkerError as exc:
@@ -319,6 +321,14 @@ class SshWorker:
         d, wd = self._path(attempt_dir), self._path(workdir)
         out = await self._run("report", remote.report_command(d, wd, result_file, outputs), COMMAND_TIMEOUT)
         return remote.parse_report(out, wd, result_file, outputs)
+
+    async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
+        if not paths:
+            return {}
+        remote_paths = {self._path(path): path for path in paths}
+        out = await self._run("peek", remote.peek_command(), COMMAND_TIMEOUT, remote.poll_input(list(remote_paths)))
+        found = remote.parse_peek(out, list(remote_paths))
+        return {remote_paths[path]: value for path, value in found.items()}
 
     async def close(self) -> None:
         """Stop polling (waiters are cancelled; jobs keep running) and close the connection."""

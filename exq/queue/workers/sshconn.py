@@ -6,8 +6,11 @@ Settings come from the host's entry in exq's config, then the user's ~/.ssh/conf
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import asyncssh
 
@@ -70,6 +73,30 @@ async def connect(
             f"known_hosts file); exq never accepts unverified host keys") from exc
     except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
         raise HostUnreachableError(f"host {name} ({target}) unreachable: {describe(exc)}") from exc
+
+
+FailureKind = Literal["host-key", "auth", "refused", "dns", "timeout", "unreachable", "other"]
+_UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN)
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """What went wrong reaching a host, from `exc` and the exceptions it was raised from."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, HostKeyError | asyncssh.HostKeyNotVerifiable):
+            return "host-key"
+        if isinstance(seen, asyncssh.PermissionDenied):
+            return "auth"
+        if isinstance(seen, ConnectionRefusedError):
+            return "refused"
+        if isinstance(seen, socket.gaierror):
+            return "dns"
+        if isinstance(seen, TimeoutError) or (isinstance(seen, OSError) and seen.errno == errno.ETIMEDOUT):
+            return "timeout"
+        if isinstance(seen, OSError) and seen.errno in _UNREACHABLE:
+            return "unreachable"
+        seen = seen.__cause__
+    return "unreachable" if isinstance(exc, HostUnreachableError) else "other"
 
 
 def describe(exc: BaseException | None) -> str:
