@@ -70,19 +70,20 @@ def test_progress_and_metrics_appear_in_status_while_the_job_runs(exq: Exq) -> N
 
 
 def test_a_retried_job_does_not_show_the_progress_of_its_failed_attempt(exq: Exq) -> None:
-    # Attempt 1 reports step 5 and fails; attempt 2 reports nothing until the test lets it.
+    # Attempt 1 reports step 5, waits for go/1 and fails; attempt 2 reports nothing and waits for go/2.
     script, go = exq.root / "job.py", exq.root / "go"
     script.write_text("""\
 import json, os, sys, time
 from pathlib import Path
-if os.environ["EXQ_ATTEMPT"] == "1":
+attempt = os.environ["EXQ_ATTEMPT"]
+if attempt == "1":
     json.dump({"step": 5, "total": 9}, open(os.environ["EXQ_RESULT_FILE"], "w"))
-    time.sleep(1.0)
-    sys.exit(3)
 deadline = time.monotonic() + 60
-while not Path(sys.argv[1]).exists() and time.monotonic() < deadline:
+while not Path(sys.argv[1], attempt).exists() and time.monotonic() < deadline:
     time.sleep(0.05)
+sys.exit(3 if attempt == "1" else 0)
 """)
+    go.mkdir()
     manifest = exq.manifest(f"""
         name: retry
         workdir: .
@@ -94,10 +95,12 @@ while not Path(sys.argv[1]).exists() and time.monotonic() < deadline:
     exq.start_daemon("--progress-interval", "0.2")
     exq("submit", str(manifest))
     wait_until(lambda: (exq.jobs()["train"].get("progress") or {}).get("step") == 5, 30, 0.1)
-    job = wait_until(lambda: (j := exq.jobs()["train"])["status"] == "running" and len(j["attempts"]) == 2 and j, 30)
-    time.sleep(0.6)  # three progress reads of attempt 2, which wrote nothing
-    assert exq.jobs()["train"]["progress"] is None, job
-    go.touch()
+    (go / "1").touch()
+    wait_until(lambda: (j := exq.jobs()["train"])["status"] == "running" and len(j["attempts"]) == 2, 30)
+    time.sleep(1.0)  # several progress reads of attempt 2, which wrote nothing
+    job = exq.jobs()["train"]
+    assert len(job["attempts"]) == 2 and job["status"] == "running" and job["progress"] is None, job
+    (go / "2").touch()
     assert exq.wait_finished(1, 30)["train"]["status"] == "succeeded"
 
 

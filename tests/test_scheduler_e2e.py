@@ -244,6 +244,22 @@ def test_sigterm_drains_and_leaves_jobs_running_then_reattaches(exq: Exq) -> Non
     assert (exq.root / "marks").read_text() == "finished\n"
 
 
+def test_a_job_for_hosts_this_daemon_lacks_waits_and_says_so(exq: Exq) -> None:
+    exq.start_daemon()
+    manifest = exq.manifest("""
+        name: where
+        defaults: {gpus: 0}
+        phases:
+          - {name: elsewhere, id: far, hosts: [gpu-box-7], cmd: "true"}
+          - {name: here, id: near, hosts: [local, gpu-box-7], cmd: "true"}
+    """)
+    exq("submit", str(manifest))
+    far = wait_until(lambda: (j := exq.jobs().get("far")) and j.get("reason") and j, 30)
+    assert far["status"] == "queued"
+    assert far["reason"] == "none of its hosts (gpu-box-7) is configured for this daemon (it has: local)"
+    wait_until(lambda: exq.jobs()["near"]["status"] == "succeeded", 30)
+
+
 def test_state_is_versioned_and_agent_one_liner_works(exq: Exq) -> None:
     manifest = exq.manifest("""
         name: small

@@ -438,6 +438,10 @@ class Scheduler:
             if shape in unfit and not avoid:
                 self._note(job, unfit[shape])
                 continue
+            if hosts is not None and not any(h in self.workers for h in hosts):
+                self._note(job, f"none of its hosts ({', '.join(hosts)}) is configured for this daemon "
+                                f"(it has: {', '.join(self.workers) or 'none'})")
+                continue
             hosts = self._usable_hosts(job, hosts)
             placement: Placement | None = None
             if res.gpus == 0:
