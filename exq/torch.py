@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
-_MISSING: Any = object()
 R = TypeVar("R")
+_MISSING: Any = object()
 
 OOM_MESSAGES = (
     "CUDA out of memory",
