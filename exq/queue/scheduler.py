@@ -37,6 +37,7 @@ from exq.queue.placement import (
     place,
     why_waiting,
 )
+from exq.queue.probes import Probes
 from exq.queue.progress import Peek, ProgressReads
 from exq.queue.retry import next_step
 from exq.queue.state import (
@@ -101,7 +102,6 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._finished: list[tuple[str, int]] = []
         self._reservations: dict[str, Reservation] = {}
-        self._snapshots: dict[str, GpuSnapshot] = {}
         self._timed_out: set[str] = set()
         self._avoid: dict[str, frozenset[tuple[str, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,9 +113,7 @@ class Scheduler:
         self._copies = WorkdirCopies(self._wake_up)
         self._hooks = HookRuns(store.paths, self.config.hook_timeout, self._wake_up)
         self._progress = ProgressReads(self.config.progress_interval, self.config.probe_timeout)
-        self._probed_at: dict[str, float] = {}
-        self._probes: dict[str, asyncio.Task[GpuSnapshot]] = {}
-        """Probes in flight, one per host: a host that hangs never stalls the loop."""
+        self._probes = Probes(self.workers, self.config.probe_interval, self.config.probe_timeout, self._wake_up)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -135,7 +133,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         intake.clean_stale_replies(self.store.paths)
         self._set_daemon_info()
-        await asyncio.wait(self._start_probes(force=True), timeout=min(5.0, self.config.probe_timeout))
+        await asyncio.wait(self._probes.start(force=True), timeout=min(5.0, self.config.probe_timeout))
         await self._collect_probes()
         await self._recover()
         for host in self.workers:
@@ -153,7 +151,8 @@ class Scheduler:
             self._copies.cancel()
             await self._hooks.cancel()
             await self._progress.cancel()
-            for task in [*self._tasks, *self._probes.values()]:
+            self._probes.cancel()
+            for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.store.state.daemon = None
@@ -171,7 +170,7 @@ class Scheduler:
 
     async def _turn(self) -> None:
         await self._collect_probes()
-        self._start_probes()  # those due: every host is watched, jobs to place or not
+        self._probes.start()  # those due: every host is watched, jobs to place or not
         self._ingest()
         await self._handle_control()
         await self._handle_finished()
@@ -393,12 +392,12 @@ class Scheduler:
             res.gone_at = res.gone_at or now
         hosts = {r.host for r in gone if r.gpus}
         if hosts:  # a probe newer than the processes' end must show them gone from the GPU
-            probes = self._start_probes(force=True, hosts=hosts, newer_than=min(r.gone_at or now for r in gone))
+            probes = self._probes.start(force=True, hosts=hosts, newer_than=min(r.gone_at or now for r in gone))
             if probes:
                 await asyncio.wait(probes, timeout=1.0)
                 await self._collect_probes()
         for res in gone:
-            snap = self._snapshots.get(res.host)
+            snap = self._probes.snapshots.get(res.host)
             fresh = not res.gpus or (snap is not None and snap.taken_at >= (res.gone_at or now))
             on_gpu = snap is not None and any(
                 p.pgid == res.pgid for gpu in snap.gpus if gpu.index in res.gpus for p in gpu.processes
@@ -428,7 +427,7 @@ class Scheduler:
             return
         launches: list[tuple[Job, Placement, str]] = []
         cpu_jobs = sum(1 for r in self._reservations.values() if not r.gpus)
-        loads = gpu_loads(self._snapshots, self._reservations.values())
+        loads = gpu_loads(self._probes.snapshots, self._reservations.values())
         unfit: dict[tuple[Resources, tuple[str, ...] | None], str] = {}
         for job in ready:
             res = job.spec.resources
@@ -469,7 +468,7 @@ class Scheduler:
                 job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
             launches.append((job, placement, workdir))
             if placement.gpus:
-                loads = gpu_loads(self._snapshots, self._reservations.values())
+                loads = gpu_loads(self._probes.snapshots, self._reservations.values())
         if launches:
             self._commit([Launched(at=now, key=job.key, attempt=self._new_attempt(job, p, now, workdir))
                           for job, p, workdir in launches])
@@ -605,47 +604,18 @@ class Scheduler:
 
     # -- probes and recovery ---------------------------------------------------------------
 
-    def _start_probes(
-        self, force: bool = False, hosts: set[str] | None = None, newer_than: float | None = None
-    ) -> list[asyncio.Task[GpuSnapshot]]:
-        """Start a probe of each host due for one (at most one in flight per host); returns those in flight."""
-        now = time.time()
-        in_flight = []
-        for name in hosts or self.workers:
-            task = self._probes.get(name)
-            if task is None:
-                snap = self._snapshots.get(name)
-                stale = newer_than is not None and (snap is None or snap.taken_at < newer_than)
-                due = now - self._probed_at.get(name, 0.0) >= self.config.probe_interval
-                if not (force and (newer_than is None or stale)) and not due:
-                    continue
-                self._probed_at[name] = now
-                task = asyncio.ensure_future(asyncio.wait_for(self.workers[name].probe(), self.config.probe_timeout))
-                task.add_done_callback(lambda _: self._wake_up())
-                self._probes[name] = task
-            in_flight.append(task)
-        return in_flight
-
     async def _collect_probes(self) -> None:
-        """Apply the probes that finished: GPU snapshots, and hosts going down or coming back."""
-        done = {name: task for name, task in self._probes.items() if task.done()}
-        if not done:
+        """Apply the probes that finished: hosts going down or coming back."""
+        finished = self._probes.finished()
+        if not finished:
             return
         now = time.time()
-        for name, task in done.items():
-            del self._probes[name]
-            error = task.exception() if not task.cancelled() else None
-            if isinstance(error, ExqError | TimeoutError) or task.cancelled():
-                reason = str(error) or f"no answer to a GPU probe within {self.config.probe_timeout:.0f}s"
-                self._snapshots.pop(name, None)
-                if self._hosts.observe(name, False, now, reason) == Change.WENT_DOWN:
-                    self._host_went_down(name, reason)
-            elif error is not None:
-                raise error
-            else:
-                self._snapshots[name] = task.result()
-                if self._hosts.observe(name, True, now) == Change.CAME_BACK:
-                    await self._host_came_back(name)
+        for name, error in finished:
+            if error is not None:
+                if self._hosts.observe(name, False, now, error) == Change.WENT_DOWN:
+                    self._host_went_down(name, error)
+            elif self._hosts.observe(name, True, now) == Change.CAME_BACK:
+                await self._host_came_back(name)
         self._flush()
         self._update_views()
         self._dirty = True
@@ -702,7 +672,7 @@ class Scheduler:
         state = self.store.state
         state.hosts = []
         for name in self.workers:
-            snap, health = self._snapshots.get(name), self._hosts.health.get(name, HostHealth())
+            snap, health = self._probes.snapshots.get(name), self._hosts.health.get(name, HostHealth())
             state.hosts.append(HostView(
                 name=name, backend=snap.backend if snap else "unreachable", message=snap.message if snap else None,
                 probed_at=snap.taken_at if snap else None, up=health.up, down_since=health.down_since,
@@ -711,8 +681,8 @@ class Scheduler:
             GpuView(host=ld.host, index=ld.gpu.index, uuid=ld.gpu.uuid, name=ld.gpu.name,
                     memory_total=ld.gpu.memory_total, memory_used=ld.gpu.memory_used,
                     foreign_memory=ld.foreign, reserved_memory=ld.reserved,
-                    jobs=[r.key for r in ld.reservations], simulated=self._snapshots[ld.host].simulated)
-            for ld in gpu_loads(self._snapshots, self._reservations.values())
+                    jobs=[r.key for r in ld.reservations], simulated=self._probes.snapshots[ld.host].simulated)
+            for ld in gpu_loads(self._probes.snapshots, self._reservations.values())
         ]
         self.store.touch()
 
