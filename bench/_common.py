@@ -26,12 +26,11 @@ import psutil
 
 from exq.queue.events import Ended, Event, Launched, PausedSet, Started, Submitted
 from exq.queue.fsio import atomic_write
-from exq.queue.intake import COUNTER
 from exq.queue.jobspec import JobSpec, SubmissionSpec
 from exq.queue.manifest import load_manifest
 from exq.queue.outcome import Outcome
 from exq.queue.state import Attempt, JobStatus, Submission, job_key
-from exq.queue.store import StatePaths, Store
+from exq.queue.store import COUNTER_FILE, StatePaths, Store
 
 PYTHON = sys.executable
 
@@ -214,7 +213,7 @@ def build_state(state_dir: Path, workdir: Path, jobs: int, chunk: int = 10_000, 
             count += len(part)
     finally:
         store.close()  # writes the snapshot (and empties the journal once it passes 32 MiB)
-    atomic_write(paths.intake / COUNTER, str(number).encode())
+    atomic_write(paths.intake / COUNTER_FILE, str(number).encode())
     return BuiltState(count, number, done, time.perf_counter() - started, file_size(paths.snapshot),
                       file_size(paths.journal))
 

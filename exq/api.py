@@ -19,7 +19,7 @@ from exq.forward import forward, split_host
 from exq.logs import LogSource
 from exq.notify import Notifier
 from exq.queue import intake
-from exq.queue.fsio import atomic_write
+from exq.queue.fsio import atomic_write, disk_full_problem
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.gpus.select import select_probe
 from exq.queue.intake import ControlReply, ControlRequest, Intake
@@ -30,10 +30,10 @@ from exq.queue.state import Job, JobStatus, QueueState, Submission
 from exq.queue.store import (
     StatePaths,
     Store,
+    current_snapshot,
     daemon_running,
     default_state_dir,
     read_state,
-    snapshot_is_current,
 )
 from exq.queue.template import JOB_ID_RE, TemplateError, format_value, render
 from exq.queue.workers import Worker
@@ -101,13 +101,22 @@ class StatusView:
     daemon_alive: bool
     paths: StatePaths | None = None
     """The state directory it was read from (names hook logs)."""
+    problems: tuple[str, ...] = ()
+    """What keeps the queue from working normally now (a full disk...), for the reader to see first."""
 
 
 def status(paths: StatePaths) -> StatusView:
     """The queue as a reader sees it now: snapshot, newer journal events, and pending submissions."""
     state = read_state(paths)
-    pending = [item for _, item in intake.pending_intakes(paths)] if paths.intake.exists() else []
-    return StatusView(state, pending, daemon_running(paths), paths)
+    damaged: list[Path] = []
+    pending = [item for _, item in intake.pending_intakes(paths, False, damaged)] if paths.intake.exists() else []
+    alive = daemon_running(paths)
+    problems = [state.daemon.problem] if alive and state.daemon and state.daemon.problem else []
+    if (full := disk_full_problem(paths.root)) is not None:
+        problems.append(full)
+    if paths.intake.exists():
+        problems.extend(intake.damaged_intakes(paths, damaged))
+    return StatusView(state, pending, alive, paths, tuple(problems))
 
 
 def daemon_alive(paths: StatePaths) -> bool:
@@ -117,10 +126,7 @@ def daemon_alive(paths: StatePaths) -> bool:
 
 def state_json(paths: StatePaths) -> bytes:
     """The state as JSON: queue_state.json as it is when it is current, else rebuilt with newer events."""
-    if snapshot_is_current(paths):
-        with contextlib.suppress(FileNotFoundError):
-            return paths.snapshot.read_bytes()
-    return read_state(paths).model_dump_json().encode()
+    return current_snapshot(paths) or read_state(paths).model_dump_json().encode()
 
 
 def find_job(state: QueueState, ref: str) -> Job | None:

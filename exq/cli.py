@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from exq import __version__, api
-from exq.errors import DaemonRunningError, ExqError, InputFileError, NotFoundError
+from exq.errors import (
+    DaemonRunningError,
+    ExqError,
+    InputFileError,
+    NotFoundError,
+    StateError,
+    UsageError,
+    os_error_text,
+)
 from exq.units import parse_size
+from exq.views import plain_console
 
-EXIT_JOBS_FAILED = 1
-console = Console()
-err_console = Console(stderr=True)
+EXIT_OK = 0
+EXIT_ERROR = 1
+"""An error (also an internal one), or (`run`, `hosts`, `doctor`, `plan gate`) something did not succeed."""
+EXIT_JOBS_FAILED = EXIT_ERROR
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "EXQ_DEBUG"
+"""Set to 1 to print the traceback of any error (as `-vv` does)."""
+console = plain_console()
+err_console = plain_console(stderr=True)
 
 
 class _Context:
@@ -27,7 +45,37 @@ class _Context:
         self.paths = api.state_paths(state_dir)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ExqGroup(click.Group):
+    """The `exq` group: an OSError about the state directory, from any command, becomes a StateError (exit 3)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            obj = ctx.obj
+            error = _state_dir_error(obj.paths.root, exc) if isinstance(obj, _Context) else None
+            if error is None:
+                raise
+            raise error from exc
+
+
+def _state_dir_error(root: Path, exc: OSError) -> StateError | None:
+    """A StateError naming the state directory when `exc` is about it, a file in it, or a directory above it."""
+    if not isinstance(exc.filename, str | bytes | os.PathLike):
+        return None
+    path = Path(os.fsdecode(exc.filename)).absolute()
+    if path == root:
+        return StateError(f"state directory {root}: {exc.strerror or exc}")
+    if root in path.parents or path in root.parents:
+        return StateError(f"state directory {root}: {os_error_text(exc)}")
+    return None
+
+
+SECONDS = click.FloatRange(min=0, min_open=True)
+"""A positive number of seconds (intervals, timeouts)."""
+
+
+@click.group(cls=_ExqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", type=click.Path(path_type=Path), envvar="EXQ_STATE_DIR",
               help="State directory (default: $XDG_STATE_HOME/exq or ~/.local/state/exq).")
 @click.option("--host", metavar="NODE",
@@ -39,9 +87,21 @@ def cli(ctx: click.Context, state_dir: Path | None, host: str | None, verbose: i
     """exq: a GPU experiment queue. Submit YAML manifests; the daemon places jobs on free GPUs.
 
     \b
-    Exit codes: 0 ok, 1 error or failed jobs (run), 2 invalid manifest or usage,
-    3 unusable state directory, 4 a daemon already runs, 5 no such job/phase/submission.
+    Exit codes:
+      0    ok
+      1    error; or a job did not succeed (run), a host is unreachable (hosts),
+           a check failed (doctor, plan gate); or an internal error (a bug: -vv or
+           EXQ_DEBUG=1 prints its traceback)
+      2    invalid manifest, config or command line (a bad option value)
+      3    unusable state directory (not a directory, not writable, wrong owner, corrupt)
+      4    another daemon holds the state directory
+      5    no such job, attempt, phase or submission
+      6    a host could not be reached over SSH (--host, or logs of a job on that host)
+      130  interrupted (Ctrl-C)
+    With --host NODE, the exit code is that of exq on NODE, or 1, 2 or 6 from here.
     """
+    if host is not None:  # main() takes a leading `--host NODE`; here it came after an option's value
+        raise UsageError("--host NODE must come first: `exq --host NODE [OPTIONS] COMMAND ...`")
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -54,12 +114,17 @@ def _paths(ctx: click.Context) -> api.StatePaths:
     return obj.paths
 
 
+MAX_JOBS_OPTION = click.option("--max-jobs", type=click.IntRange(min=1), metavar="N",
+                               help="Allow a manifest of up to N jobs (default: 100000).")
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(exists=False, dir_okay=False, path_type=Path))
 @click.option("--all", "all_jobs", is_flag=True, help="List every job (default: the first 200).")
-def validate(manifest: Path, all_jobs: bool) -> None:
+@MAX_JOBS_OPTION
+def validate(manifest: Path, all_jobs: bool, max_jobs: int | None) -> None:
     """Check MANIFEST and print the jobs it expands to; submit nothing."""
-    _print_spec(api.load_manifest(manifest), all_jobs)
+    _print_spec(api.load_manifest(manifest, max_jobs=max_jobs), all_jobs)
 
 
 def _print_spec(spec: api.SubmissionSpec, all_jobs: bool) -> None:
@@ -73,13 +138,14 @@ def _print_spec(spec: api.SubmissionSpec, all_jobs: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the expanded jobs and submit nothing.")
 @click.option("--stdin-name", default="manifest.yaml", show_default=True,
               help="With MANIFEST '-' (read from stdin): its file name, for messages and a relative workdir.")
+@MAX_JOBS_OPTION
 @click.pass_context
-def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str) -> None:
+def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, max_jobs: int | None) -> None:
     """Submit MANIFEST ('-' for stdin) to the queue. Returns once the submission is durable."""
     if str(manifest) == "-":
-        spec = api.parse_manifest(sys.stdin.read(), str(Path.cwd() / stdin_name))
+        spec = api.parse_manifest(sys.stdin.read(), str(Path.cwd() / stdin_name), max_jobs=max_jobs)
     else:
-        spec = api.load_manifest(manifest)
+        spec = api.load_manifest(manifest, max_jobs=max_jobs)
     if dry_run:
         _print_spec(spec, all_jobs=False)
         return
@@ -92,11 +158,12 @@ def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str) -
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@MAX_JOBS_OPTION
 @click.pass_context
-def run(ctx: click.Context, manifest: Path) -> None:
+def run(ctx: click.Context, manifest: Path, max_jobs: int | None) -> None:
     """Submit MANIFEST and schedule in this process until its jobs end (exit 1 if any did not succeed)."""
     paths = _paths(ctx)
-    spec = api.load_manifest(manifest)
+    spec = api.load_manifest(manifest, max_jobs=max_jobs)
     if api.daemon_alive(paths):
         raise DaemonRunningError("an exq daemon runs on this state dir; use `exq submit` instead")
     item = api.submit(paths, spec)
@@ -126,20 +193,20 @@ def run(ctx: click.Context, manifest: Path) -> None:
 
 
 @cli.command()
-@click.option("--foreign-threshold", default="500MiB", show_default=True,
+@click.option("--foreign-threshold", type=parse_size, metavar="SIZE", default="500MiB", show_default=True,
               help="A GPU is not used while processes exq did not launch hold this much memory on it.")
-@click.option("--probe-interval", default=2.0, show_default=True, help="Seconds between GPU probes.")
-@click.option("--hook-timeout", default=120.0, show_default=True,
+@click.option("--probe-interval", type=SECONDS, default=2.0, show_default=True, help="Seconds between GPU probes.")
+@click.option("--hook-timeout", type=SECONDS, default=120.0, show_default=True,
               help="Seconds a manifest's on_job_end hook may run before it is killed.")
-@click.option("--progress-interval", default=3.0, show_default=True,
+@click.option("--progress-interval", type=SECONDS, default=3.0, show_default=True,
               help="Seconds between reads of running jobs' result files (live progress in exq status).")
 @click.pass_context
-def daemon(ctx: click.Context, foreign_threshold: str, probe_interval: float, hook_timeout: float,
+def daemon(ctx: click.Context, foreign_threshold: int, probe_interval: float, hook_timeout: float,
            progress_interval: float) -> None:
     """Run the scheduler until SIGTERM (drain: stop placing, leave running jobs running, exit)."""
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("exq").setLevel(logging.INFO)
-    config = api.scheduler_config(api.load_config(), foreign_threshold=parse_size(foreign_threshold),
+    config = api.scheduler_config(api.load_config(), foreign_threshold=foreign_threshold,
                                   probe_interval=probe_interval, hook_timeout=hook_timeout,
                                   progress_interval=progress_interval)
     api.serve(_paths(ctx), config=config)
@@ -173,17 +240,23 @@ def status(ctx: click.Context, as_json: bool, watch: bool, all_jobs: bool) -> No
 @cli.command()
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job's attempt ends.")
-@click.option("--attempt", type=int, help="Attempt number (default: the latest).")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N",
+              help="Attempt number, from 1 (default: the latest).")
 @click.pass_context
 def logs(ctx: click.Context, job: str, follow: bool, attempt: int | None) -> None:
-    """Print the log of JOB (`ID` or `SUBMISSION/ID`)."""
+    """Print the log of JOB (`ID` or `SUBMISSION/ID`). Exit 5 when there is no such job or attempt."""
     paths = _paths(ctx)
     found = api.find_job(api.status(paths).state, job)
     if found is None:
         raise NotFoundError(f"no job {job!r} in the queue")
     if not found.attempts:
         raise NotFoundError(f"job {found.key} has not started yet ({found.status.value})")
-    chosen = found.attempts[(attempt or len(found.attempts)) - 1]
+    chosen = found.attempts[-1] if attempt is None else next(
+        (a for a in found.attempts if a.number == attempt), None)
+    if chosen is None:
+        count = len(found.attempts)
+        raise NotFoundError(f"job {found.key} has no attempt {attempt}: it has {count} "
+                            f"(--attempt 1{f' to {count}' if count > 1 else ''})")
     with api.LogSource(chosen) as source:
         offset = _print_from(source, 0)
         while follow:
@@ -401,9 +474,9 @@ def plan_sync(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: P
                           log_file or log_path(plan_file), bridge.find_workflow(plan_file, workflow))
     report = sync(targets, _paths(ctx), submission)
     for note in report.notes:
-        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        err_console.print(f"note: {note}")
     for change in report.changed:
-        console.print(f"updated {change}", highlight=False, soft_wrap=True)
+        console.print(f"updated {change}")
     if not report.changed:
         console.print(f"submission {report.submission}: the documents are up to date")
 
@@ -422,7 +495,7 @@ def plan_gate(ctx: click.Context, runs_file: Path, milestone: str, submission: s
 
     checks = bridge.check_gate(_paths(ctx), runs_file, milestone, submission)
     for check in checks:
-        console.print(f"{'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}", highlight=False)
+        console.print(f"{'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}")
     if result_file is not None:
         result_file.write_text(json.dumps(bridge.gate_result(milestone, checks), indent=2))
     if not all(check.passed for check in checks):
@@ -448,7 +521,7 @@ def import_aris(spec: Path, output: Path | None) -> None:
         raise ExqError(f"cannot read {spec}: {exc}") from None
     conversion = convert_aris(text, str(spec.absolute()))
     for note in conversion.notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}")
     if output is None:
         click.echo(conversion.manifest_yaml, nl=False)
     else:
@@ -469,25 +542,60 @@ _register()
 
 
 def main() -> None:
-    """Entry point: the one error boundary mapping exq errors to messages and exit codes."""
+    """Entry point: the one error boundary. Every error becomes `exq: error: ...` and a documented exit code
+    (see `cli`); no traceback unless -vv or EXQ_DEBUG=1 asks for one."""
     try:
-        node, args = api.split_host(sys.argv[1:])
-        if node is not None and not {"-h", "--help"} & set(args[:1]):
-            sys.exit(api.forward(node, args))
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ExqError as exc:
-        lines = [str(p) for p in exc.problems] if isinstance(exc, InputFileError) else [str(exc)]
-        for line in lines:
-            err_console.print(Text("exq: error: ", style="bold red") + Text(line), highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        code = _run(sys.argv[1:])
     except SystemExit:
         raise
+    except BaseException as exc:
+        code = _report(exc)
+    sys.exit(code)
+
+
+def _run(argv: list[str]) -> int:
+    node, args = api.split_host(argv)
+    if node is not None and not {"-h", "--help"} & set(args[:1]):
+        return api.forward(node, args)
+    result = cli.main(args, standalone_mode=False)
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def _report(exc: BaseException) -> int:
+    """Say what went wrong in one line (per problem) and return the exit code."""
+    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
+        err_console.print("aborted")
+        return EXIT_INTERRUPTED
+    if isinstance(exc, click.ClickException):
+        exc.show()
+        return exc.exit_code
+    if isinstance(exc, OSError) and exc.errno == errno.EPIPE:  # the reader went away (`exq status | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    if isinstance(exc, ExqError | OSError):
+        error = exc if isinstance(exc, ExqError) else ExqError(os_error_text(exc))
+        lines = [str(p) for p in error.problems] if isinstance(error, InputFileError) else [str(error)]
+        for line in lines:
+            _say("exq: error: ", line)
+        _traceback_if_debug(exc)
+        return error.exit_code
+    _say("exq: internal error: ", f"{type(exc).__name__}: {exc}")
+    if not _traceback_if_debug(exc):
+        err_console.print(f"This is a bug in exq {__version__}; please report it with the command you ran and "
+                          f"its output with -vv (or {DEBUG_ENV}=1), which adds the traceback.")
+    return EXIT_ERROR
+
+
+def _say(prefix: str, line: str) -> None:
+    err_console.print(Text(prefix, style="bold red") + Text(line))
+
+
+def _traceback_if_debug(exc: BaseException) -> bool:
+    """Print `exc`'s traceback when -vv or EXQ_DEBUG asks for it; whether it did."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0") or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    return debug
 
 
 if __name__ == "__main__":

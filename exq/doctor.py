@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -21,7 +22,7 @@ import click
 
 from exq import api
 from exq.config import LOCAL, ExqConfig, HostConfig, config_path
-from exq.errors import ConfigError, ExqError
+from exq.errors import ConfigError, ExqError, StateError, os_error_text
 from exq.units import format_size
 
 Status = Literal["ok", "warn", "fail"]
@@ -120,26 +121,60 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+VIRTUAL_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devpts", "devtmpfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "configfs", "pstore", "bpf", "efivarfs", "fusectl", "mqueue", "binfmt_misc", "autofs", "hugetlbfs",
+})
+"""Kernel filesystems (/proc, /sys, ...) that cannot hold exq's files, whatever their permissions say."""
+MOUNTS = Path("/proc/self/mounts")
+
+
+def filesystem_type(path: Path, mounts: Path = MOUNTS) -> str | None:
+    """The type of the filesystem holding existing `path` (from /proc/self/mounts); None when unknown."""
+    try:
+        lines = mounts.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best, kind = -1, None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:
+            best, kind = len(point), fields[2]
+    return kind
+
+
 def check_state_dir(paths: api.StatePaths) -> Check:
     """The state directory exists (or can be created), is ours, and is private (0700)."""
     root = paths.root
+    holder = _existing_ancestor(root)
+    if (kind := filesystem_type(holder)) in VIRTUAL_FILESYSTEMS:
+        return Check("state dir", "fail", f"{root} is on a {kind} filesystem, which cannot hold exq's files",
+                     "choose another state dir with EXQ_STATE_DIR / --state-dir (e.g. ~/.local/state/exq)")
     if not root.exists():
-        parent = _existing_ancestor(root)
-        if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+        if holder.is_dir() and os.access(holder, os.W_OK | os.X_OK):
             return Check("state dir", "ok", f"{root} does not exist yet; exq will create it (0700)")
-        return Check("state dir", "fail", f"{root} does not exist and {parent} is not writable",
+        if not holder.is_dir():
+            return Check("state dir", "fail", f"{root} does not exist and {holder} is not a directory",
+                         f"move {holder} away, or choose another state dir with EXQ_STATE_DIR / --state-dir")
+        return Check("state dir", "fail", f"{root} does not exist and {holder} is not writable",
                      f"`mkdir -p -m 700 {root}` as its owner, or choose another with EXQ_STATE_DIR / --state-dir")
     try:
         info = root.stat()
     except OSError as exc:
-        return Check("state dir", "fail", f"{root}: {exc}", "check the directory's permissions")
+        return Check("state dir", "fail", os_error_text(exc), "check the directory's permissions")
     if not stat.S_ISDIR(info.st_mode):
         return Check("state dir", "fail", f"{root} is not a directory",
                      "move it away, or choose another state dir with EXQ_STATE_DIR / --state-dir")
     mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid != os.geteuid():
-        return Check("state dir", "fail", f"{root} is owned by uid {info.st_uid}, not by this user ({os.geteuid()})",
-                     f"run exq as its owner, or `chown -R {os.geteuid()} {root}`")
+    try:
+        paths.check()  # what every command refuses: another owner, writable by others (here or above)
+    except StateError as exc:
+        return Check("state dir", "fail", str(exc), "see the message")
     if mode & 0o077:
         return Check("state dir", "fail", f"{root} has mode {mode:04o}: other users can read or change the queue",
                      f"chmod 700 {root}")
@@ -273,19 +308,30 @@ def check_daemon(paths: api.StatePaths) -> Check:
 # --- all of them -------------------------------------------------------------------------------
 
 
+def guarded(name: str, check: Callable[[], Check]) -> Check:
+    """`check()`, or a failed check `name` saying what it could not read: no check stops the others."""
+    try:
+        return check()
+    except OSError as exc:
+        return Check(name, "fail", f"cannot check: {os_error_text(exc)}",
+                     "check the permissions of that path and of the directories above it")
+    except ExqError as exc:
+        return Check(name, "fail", f"cannot check: {exc}", "fix the problem shown and run `exq doctor` again")
+
+
 def run_checks(paths: api.StatePaths, host_timeout: float = HOST_TIMEOUT) -> list[Check]:
     config_check, config = check_config()
     checks = [
         config_check,
-        check_gpus(paths, config.local_enabled if config else True),
+        guarded("gpus", lambda: check_gpus(paths, config.local_enabled if config else True)),
         check_nvidia_smi(),
-        check_state_dir(paths),
-        check_state_files(paths),
-        check_disk(paths),
+        guarded("state dir", lambda: check_state_dir(paths)),
+        guarded("state files", lambda: check_state_files(paths)),
+        guarded("disk", lambda: check_disk(paths)),
     ]
     if config is not None:
         checks.extend(check_hosts(paths, config, host_timeout))
-    checks.append(check_daemon(paths))
+    checks.append(guarded("daemon", lambda: check_daemon(paths)))
     return checks
 
 
@@ -307,9 +353,10 @@ def doctor(ctx: click.Context, as_json: bool, timeout: float) -> None:
     if as_json:
         click.echo(json.dumps([asdict(c) for c in checks], indent=2))
     else:
-        from rich.console import Console
         from rich.table import Table
         from rich.text import Text
+
+        from exq.views import plain_console
 
         table = Table(title=f"exq doctor: {paths.root}", title_justify="left")
         table.add_column("check", no_wrap=True)
@@ -319,7 +366,7 @@ def doctor(ctx: click.Context, as_json: bool, timeout: float) -> None:
         for c in checks:
             table.add_row(c.name, Text(c.status, style=_STYLE[c.status]), c.detail, c.fix or "")
         counts = Counter(c.status for c in checks)
-        console = Console()
+        console = plain_console()
         console.print(table)
         console.print(", ".join(f"{counts[s]} {s}" for s in ("ok", "warn", "fail")))
     if any(c.status == "fail" for c in checks):

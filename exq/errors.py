@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class ExqError(Exception):
     """Base of every error exq reports to a user (printed without a traceback)."""
@@ -56,6 +58,14 @@ class StateError(ExqError):
     exit_code = 3
 
 
+class WriteError(StateError):
+    """A write did not complete (disk full, quota, I/O error, read-only file system); nothing was half-applied."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class DaemonRunningError(ExqError):
     """Another daemon already holds this state directory."""
 
@@ -69,6 +79,21 @@ class NotFoundError(ExqError):
 
 
 class WorkerError(ExqError):
-    """A worker could not launch, watch or kill a job."""
+    """A worker could not launch, watch or kill a job; at the CLI: a host could not be reached over SSH."""
 
     exit_code = 6
+
+
+class UsageError(ExqError):
+    """The command line is wrong in a way the option parser cannot see (e.g. `--host NODE` without a command)."""
+
+    exit_code = 2
+
+
+def os_error_text(exc: OSError) -> str:
+    """`PATH: strerror` for an OSError about a file (both paths for a rename), else its message."""
+    if exc.filename is None:
+        return exc.strerror or str(exc)
+    paths = " -> ".join(os.fsdecode(f) if isinstance(f, bytes) else str(f)
+                        for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{paths}: {exc.strerror or exc}"

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import asyncssh
 
 from exq.config import LOCAL, HostConfig, load_config
-from exq.errors import ExqError
+from exq.errors import ExqError, UsageError, WorkerError
 from exq.queue.workers import sshconn
 
 REMOTE_EXQ_ENV = "EXQ_REMOTE_EXQ"
@@ -32,15 +32,28 @@ def forward(node: str, args: list[str]) -> int:
 
 
 def split_host(argv: list[str]) -> tuple[str | None, list[str]]:
-    """(NODE, the other arguments) when `--host NODE` comes before the command, else (None, argv)."""
+    """(NODE, the other arguments) when `--host NODE` comes before the command, else (None, argv).
+
+    UsageError when NODE is empty or no command follows (`exq --host status` names no NODE).
+    """
     for index, arg in enumerate(argv):
         if arg == "--host" and index + 1 < len(argv):
-            return argv[index + 1], argv[:index] + argv[index + 2:]
-        if arg.startswith("--host="):
-            return arg.split("=", 1)[1], argv[:index] + argv[index + 1:]
-        if not arg.startswith("-"):
+            node, rest = argv[index + 1], argv[:index] + argv[index + 2:]
             break
-    return None, argv
+        if arg.startswith("--host="):
+            node, rest = arg.split("=", 1)[1], argv[:index] + argv[index + 1:]
+            break
+        if not arg.startswith("-"):
+            return None, argv
+    else:
+        return None, argv
+    if not node or node.startswith("-"):
+        raise UsageError("--host needs a NODE before the command, e.g. `exq --host gpu1 status`")
+    if not {"-h", "--help"} & set(rest) and not any(not a.startswith("-") for a in rest):
+        example = node if node.isalpha() else "status"
+        raise UsageError(f"no command after `--host {node}` (NODE: a host of your config or any name ssh "
+                         f"knows); put NODE, then the command: `exq --host NODE {example}`")
+    return node, rest
 
 
 def _prepare(args: list[str]) -> tuple[list[str], bytes | None]:
@@ -71,16 +84,19 @@ async def _forward(node: str, args: list[str], stdin: bytes | None) -> int:
     remote_exq = shlex.split(os.environ.get(REMOTE_EXQ_ENV, "exq"))
     command = " ".join(shlex.quote(part) for part in [*remote_exq, *args])
     conn = await sshconn.connect(node, host)
-    async with conn:
-        process = await conn.create_process(command, encoding=None)
-        if stdin is not None:
-            process.stdin.write(stdin)
-        process.stdin.write_eof()
-        await asyncio.gather(_pump(process.stdout, sys.stdout.buffer), _pump(process.stderr, sys.stderr.buffer))
-        await process.wait()
+    try:
+        async with conn:
+            process = await conn.create_process(command, encoding=None)
+            if stdin is not None:
+                process.stdin.write(stdin)
+            process.stdin.write_eof()
+            await asyncio.gather(_pump(process.stdout, sys.stdout.buffer), _pump(process.stderr, sys.stderr.buffer))
+            await process.wait()
+    except asyncssh.Error as exc:
+        raise WorkerError(f"host {node}: the connection failed during the command: {sshconn.describe(exc)}") from exc
     status = process.exit_status
     if status is None:
-        raise ExqError(f"lost the connection to {node} before the command finished")
+        raise WorkerError(f"host {node}: lost the connection before the command finished")
     if status == 127:
         raise ExqError(f"exq was not found on {node}; set {REMOTE_EXQ_ENV} to the exq command there "
                        f"(e.g. {REMOTE_EXQ_ENV}=~/exq/.venv/bin/exq)")

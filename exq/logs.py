@@ -9,7 +9,7 @@ from types import TracebackType
 import asyncssh
 
 from exq.config import LOCAL, load_config
-from exq.errors import ExqError
+from exq.errors import ExqError, WorkerError
 from exq.queue.state import Attempt
 from exq.queue.workers import sshconn
 
@@ -37,7 +37,10 @@ class LogSource:
             except FileNotFoundError:
                 return b""
         command = f"tail -c +{offset + 1} {shlex.quote(self.path)} 2>/dev/null"
-        result = self._runner.run(self._conn.run(command, encoding=None, check=False))
+        try:
+            result = self._runner.run(self._conn.run(command, encoding=None, check=False))
+        except asyncssh.Error as exc:
+            raise WorkerError(f"host {self.host}: cannot read the log {self.path}: {sshconn.describe(exc)}") from exc
         return result.stdout if isinstance(result.stdout, bytes) else b""
 
     def close(self) -> None:

@@ -131,7 +131,8 @@ def status_text(state: QueueState) -> str:
         parts.append(f"{len(state.hosts) - up} down")
     if state.paused:
         parts.append("paused")
-    return ", ".join(parts)
+    problem = state.daemon.problem if state.daemon is not None else None
+    return ", ".join(parts) if problem is None else f"{problem}; " + ", ".join(parts)
 
 
 def _socket_address(address: str | None) -> str | None:

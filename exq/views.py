@@ -1,4 +1,8 @@
-"""How exq shows things in a terminal: rich tables for specs, status and GPUs."""
+"""How exq shows things in a terminal: rich tables for specs, status and GPUs.
+
+Every string printed here is shown literally: `plain_console()` is the only Console exq prints with;
+styles come from `rich.text.Text(..., style=...)`, never from markup in a string.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -23,6 +27,13 @@ STATUS_STYLE = {
     JobStatus.UNKNOWN: "bold magenta",
 }
 _ORDER = list(JobStatus)
+
+
+def plain_console(stderr: bool = False) -> Console:
+    """A Console that prints every string literally: no markup (`[bold]`, `[/data/x]`), no `:emoji:` codes,
+    no highlighting, and a message is never broken into lines. User text (job ids, cmds, reasons, paths,
+    metrics) thus shows byte for byte."""
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 def spec_table(spec: SubmissionSpec, limit: int | None = None) -> Table:
@@ -127,7 +138,8 @@ def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:
         j for j in view.state.jobs if j.status != JobStatus.SUCCEEDED or j.finished_at is None
         or time.time() - j.finished_at < 3600
     ]
-    parts: list[Table | Text] = [phase_table(view)]
+    parts: list[Table | Text] = [Text(f"exq: {problem}", style="bold red") for problem in view.problems]
+    parts.append(phase_table(view))
     parts.extend(
         Text(f"submission {sub.id} ({sub.name}): on_job_end failed: {sub.hook_error}"
              + (f"; log: {view.paths.hook_log(sub.id)}" if view.paths else ""), style="red")

@@ -45,10 +45,14 @@ def units(parse: Callable[[Any], Any], positive: bool = False) -> PlainValidator
     return PlainValidator(check)
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""POSIX: what a process's environment variable may be named."""
 Str = Annotated[str, leaf("a string", lambda v: isinstance(v, str))]
 Name = Annotated[str, leaf("a name of letters, digits, '.', '_' or '-' starting with a letter or digit",
-                            lambda v: isinstance(v, str) and bool(_NAME_RE.match(v)))]
+                            lambda v: isinstance(v, str) and _NAME_RE.fullmatch(v) is not None)]
+EnvName = Annotated[str, leaf("an environment variable name: letters, digits and '_', not starting with a digit",
+                              lambda v: isinstance(v, str) and _ENV_NAME_RE.fullmatch(v) is not None)]
 Int = Annotated[int, leaf("an integer", is_int)]
 Count = Annotated[int, leaf("an integer >= 0", lambda v: is_int(v) and v >= 0)]
 Bool = Annotated[bool, leaf("true or false", lambda v: isinstance(v, bool))]

@@ -19,6 +19,32 @@ from sshhosts import ssh_hosts  # noqa: F401  (a fixture: real sshd servers as G
 EXQ = [sys.executable, "-m", "exq"]
 
 
+MISSING = "missing: "
+"""How a test that cannot run for want of a package starts its skip reason (tests/setup.sh installs them all)."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI (CI=true), a test skipped for a missing package fails: the set-up should have installed it."""
+    outcome = yield
+    _fail_missing(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped at import."""
+    outcome = yield
+    _fail_missing(outcome.get_result())
+
+
+def _fail_missing(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if report.skipped and os.environ.get("CI") == "true" and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if MISSING in reason:
+            report.outcome = "failed"
+            report.longrepr = f"skipped for a missing package, which tests/setup.sh installs: {reason}"
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll `predicate` until truthy (returned) or fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -36,11 +36,11 @@ FOREIGN_PID = 999999
 def skip_reason() -> str | None:
     """Why real SSH hosts cannot run here, or None."""
     if not SSHD.exists():
-        return f"OpenSSH server not installed ({SSHD} missing): apt-get install openssh-server"
+        return f"missing: OpenSSH server ({SSHD}); run tests/setup.sh (apt-get install openssh-server)"
     if os.geteuid() != 0:
         return "SSH test hosts create system users: run the tests as root"
     missing = [tool for tool in ("ssh", "ssh-keygen", "useradd", "usermod", "userdel") if not shutil.which(tool)]
-    return f"missing tools for SSH test hosts: {', '.join(missing)}" if missing else None
+    return f"missing: {', '.join(missing)} (for SSH test hosts); run tests/setup.sh" if missing else None
 
 
 def _check(*args: str, timeout: float = 20) -> str:
@@ -187,12 +187,17 @@ SetEnv PATH={path} EXQ_FAKE_GPUS={self.gpus} EXQ_FAKE_GPUS_LOAD={self.load_file}
             frozen |= found
         return frozen
 
+    def _sshd_processes(self) -> list[psutil.Process]:
+        """The listening sshd and its descendants (sessions and the commands they run now)."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        with contextlib.suppress(psutil.Error):
+            listener = psutil.Process(self.process.pid)
+            return [listener, *listener.children(recursive=True)]
+        return []
+
     def _processes(self) -> list[psutil.Process]:
-        procs: list[psutil.Process] = []
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                listener = psutil.Process(self.process.pid)
-                procs += [listener, *listener.children(recursive=True)]
+        procs = self._sshd_processes()
         if self.root_login:
             return procs  # never every process of root: only this host's sshd and its sessions
         uid = self.uid
@@ -215,6 +220,25 @@ SetEnv PATH={path} EXQ_FAKE_GPUS={self.gpus} EXQ_FAKE_GPUS_LOAD={self.load_file}
             _signal_all(left, signal.SIGKILL)
             time.sleep(0.02)
         self._stopped.clear()
+
+    def cut_off(self, timeout: float = 10) -> None:
+        """A network cut: SIGKILL sshd and its sessions only; the user's detached processes (jobs) go on."""
+        sshd = self._sshd_processes()
+        _signal_all([p.pid for p in sshd], signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while left := [p.pid for p in sshd if _live(p)]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd processes of {self.name} survive SIGKILL: {left}")
+            time.sleep(0.02)
+
+    def reconnect(self) -> None:
+        """Undo cut_off(): sshd again on the same address, port and host key."""
+        port = self.port
+        self.start()
+        if self.port != port:
+            raise RuntimeError(f"sshd for {self.name} could not listen on port {port} again")
 
     def stop(self) -> None:
         """Host hang: SIGSTOP sshd, its session processes and every process of the user."""

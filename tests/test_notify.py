@@ -173,3 +173,12 @@ def test_watchdog_pings_only_while_the_loop_turns(listener: tuple[Listener, str]
 def test_status_text_counts_hosts_down() -> None:
     hosts = [HostView(name="local", backend="nvml"), HostView(name="a", backend="none", up=False)]
     assert status_text(QueueState(hosts=hosts)) == "0 running, 0 queued, 1 host up, 1 down"
+
+
+def test_status_text_leads_with_what_keeps_the_daemon_from_working() -> None:
+    from exq.queue.state import DaemonInfo
+
+    state = QueueState(daemon=DaemonInfo(pid=1, hostname="h", started_at=0.0, mode="daemon",
+                                         problem="cannot write the queue state (disk full): not placing jobs"))
+    assert status_text(state) == ("cannot write the queue state (disk full): not placing jobs; "
+                                  "0 running, 0 queued, 0 hosts up")

@@ -362,11 +362,11 @@ def test_concurrent_submits_while_the_daemon_runs(exq: Exq) -> None:
     assert all(len(j["attempts"]) == 1 for j in state["jobs"])
 
 
-def test_a_reused_submission_number_is_renumbered_not_dropped(exq: Exq) -> None:
+def test_a_lost_counter_never_hands_out_a_taken_number(exq: Exq) -> None:
     manifest = exq.manifest("name: twice\ngpus: 0\nid: j\ncmd: 'true'\n")
     exq("run", str(manifest))
     (exq.state_dir / "intake" / ".counter").unlink()  # e.g. lost in a restore from backup
-    assert "submission 1" in exq("submit", str(manifest)).stdout
+    assert "submission 2" in exq("submit", str(manifest)).stdout  # the number its jobs will have
     exq.start_daemon()
     state = wait_until(lambda: (s := exq.state()) and len(s["jobs"]) == 2 and s, 30)
     assert sorted(s["id"] for s in state["submissions"]) == ["1", "2"]

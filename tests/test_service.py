@@ -78,7 +78,8 @@ def test_install_writes_the_unit_and_prints_the_commands(tmp_path: Path, monkeyp
     assert "ExecStart=" in unit_path.read_text()
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="missing: systemd-analyze; run tests/setup.sh (apt-get install systemd)")
 @pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
 def test_systemd_analyze_verify(tmp_path: Path, user: bool) -> None:
     # The shipped files name placeholder paths; render with this interpreter, which exists.

@@ -19,7 +19,7 @@ from exq.torch import BatchPlan, Reporter, batch_plan, param, params, scaled_bat
 
 # Checked without importing torch here: the import costs seconds and warns (no numpy) under filterwarnings=error.
 if importlib.util.find_spec("torch") is None:
-    pytest.skip("torch is not installed (pip install -e '.[torch]')", allow_module_level=True)
+    pytest.skip("missing: torch; run tests/setup.sh (pip install torch==2.13.0)", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH = "import warnings; warnings.filterwarnings('ignore'); import torch\n"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from exq.queue.jobspec import JobSpec, Scalar
 from exq.queue.outcome import Outcome
-from exq.queue.state import Attempt, JobStatus, Submission
+from exq.queue.state import Attempt, JobStatus, Submission, SupersededHow
 
 
 class _Event(BaseModel):
@@ -101,6 +101,18 @@ class HostUp(_Event):
     keys: list[str]
 
 
+class Superseded(_Event):
+    """What exq found of an attempt it gave up as lost once its host answered again: the job was
+    moved on, so a copy still running there was killed, and one that finished there is ignored."""
+
+    type: Literal["superseded"] = "superseded"
+    key: str
+    number: int
+    how: SupersededHow
+    reason: str
+    """The attempt's reason from now on (what it said, and what was found)."""
+
+
 class PausedSet(_Event):
     type: Literal["paused"] = "paused"
     paused: bool
@@ -118,7 +130,7 @@ class HookRan(_Event):
 
 Event = Annotated[
     Submitted | Launched | Started | Ended | Blocked | CancelRequested | Reset | HostDown | HostUp | PausedSet
-    | HookRan,
+    | HookRan | Superseded,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -6,6 +6,7 @@ Problems are reported to a `Problems` collector with the path of the offending Y
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -68,6 +69,11 @@ def grid_axes(entries: Sequence[GridEntry], path: Path, problems: Problems) -> l
 def grid_keys(axes: Sequence[Axis]) -> list[str]:
     """Every grid key, in order."""
     return [key for axis in axes if axis for key in axis[0]]
+
+
+def combination_count(axes: Sequence[Axis]) -> int:
+    """How many combinations `cartesian(axes)` gives, without making them."""
+    return math.prod(len(axis) for axis in axes)
 
 
 def cartesian(axes: Sequence[Axis]) -> list[Combo]:

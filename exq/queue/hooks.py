@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from exq.errors import ExqError
 from exq.queue.events import HookRan
 from exq.queue.fsio import PRIVATE_FILE, atomic_write, private_dir
 from exq.queue.jobspec import Hook
@@ -100,7 +101,7 @@ class HookRuns:
                 os.write(fd, f"--- {error or 'ok'} ({time.monotonic() - started:.1f}s)\n".encode())
             finally:
                 os.close(fd)
-        except OSError as exc:
+        except (OSError, ExqError) as exc:  # e.g. the disk is full
             error = f"cannot run it: {exc}"
         if error is not None:
             log.warning("submission %s: on_job_end failed: %s (log: %s)", sub_id, error, log_path)
@@ -114,7 +115,7 @@ class HookRuns:
                 "/bin/sh", "-c", hook.cmd, cwd=hook.workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=output, stderr=output, start_new_session=True,
             )
-        except OSError as exc:  # e.g. its workdir is gone
+        except (OSError, ValueError) as exc:  # e.g. its workdir is gone
             return f"cannot start it: {exc}"
         code: int | None = None
         try:

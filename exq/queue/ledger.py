@@ -15,7 +15,9 @@ from exq.queue.events import (
     Reset,
     Started,
     Submitted,
+    Superseded,
 )
+from exq.queue.outcome import Outcome
 from exq.queue.state import Job, JobStatus, QueueState, Submission, job_key
 
 
@@ -28,6 +30,13 @@ class Ledger:
         self.queued: dict[str, Job] = {j.key: j for j in self.state.jobs if j.status == JobStatus.QUEUED}
         """Queued jobs in submission order: what placement scans, however many jobs have finished."""
         self.submissions: dict[str, Submission] = {sub.id: sub for sub in self.state.submissions}
+        self.submission_keys: set[str] = {sub.key for sub in self.state.submissions if sub.key}
+        """Keys of the ingested submissions: a replayed intake file with one of them is not ingested again."""
+        self.unchecked_lost: dict[tuple[str, int], str] = {
+            (job.key, a.number): a.host for job in self.state.jobs for a in job.attempts
+            if a.outcome == Outcome.LOST and a.superseded is None}
+        """Attempts given up as lost whose host was not checked since (job key, number -> host): a copy
+        may still run there, so nothing is placed on that host until it is checked."""
 
     def job(self, key: str) -> Job:
         return self.jobs[key]
@@ -51,8 +60,7 @@ class Ledger:
             case CancelRequested():
                 self._cancel_requested(event)
             case Reset():
-                for key in event.keys:
-                    self._reset(self.jobs[key])
+                self._reset(event.keys)
             case HostDown() | HostUp():
                 self._host_changed(event)
             case PausedSet():
@@ -60,6 +68,8 @@ class Ledger:
             case HookRan():
                 sub = self.submissions[event.submission]
                 sub.hook_covered, sub.hook_error = event.covered, None if event.ok else event.error
+            case Superseded():
+                self._superseded(event)
 
     def _mark(self, keys: list[str], status: JobStatus, reason: str | None, finished_at: float | None = None) -> None:
         for key in keys:
@@ -87,6 +97,8 @@ class Ledger:
         sub = event.submission.model_copy()  # the ledger changes it; the event stays as journaled
         self.state.submissions.append(sub)
         self.submissions[sub.id] = sub
+        if sub.key:
+            self.submission_keys.add(sub.key)
         order = len(self.state.jobs)
         for offset, spec in enumerate(event.jobs):
             job = Job(
@@ -110,6 +122,8 @@ class Ledger:
         attempt = job.attempts[event.number - 1]
         attempt.ended_at, attempt.exit_code, attempt.signal = event.ended_at, event.exit_code, event.signal
         attempt.outcome, attempt.reason = event.outcome, event.reason
+        if event.outcome == Outcome.LOST:
+            self.unchecked_lost[(job.key, attempt.number)] = attempt.host
         self._set_status(job, event.status)
         job.not_before, job.progress = event.not_before, None
         job.reason = None if event.status == JobStatus.SUCCEEDED else event.job_reason or event.reason
@@ -145,12 +159,19 @@ class Ledger:
         else:
             self.queued.pop(job.key, None)
 
-    def _reset(self, job: Job) -> None:
-        self._set_status(job, JobStatus.QUEUED)
-        job.reason, job.not_before, job.finished_at = None, None, None
-        job.oom_retries = job.failure_retries = job.lost_retries = 0
-        job.cancel_requested = False
-        job.params, job.cmd = dict(job.spec.params), job.spec.cmd
+    def _reset(self, keys: list[str]) -> None:
+        for job in (self.jobs[key] for key in keys):
+            self._set_status(job, JobStatus.QUEUED)
+            job.reason, job.not_before, job.finished_at = None, None, None
+            job.oom_retries = job.failure_retries = job.lost_retries = 0
+            job.cancel_requested = False
+            job.params, job.cmd = dict(job.spec.params), job.spec.cmd
+
+    def _superseded(self, event: Superseded) -> None:
+        """Record what became of an attempt given up as lost; its job is left as it is."""
+        attempt = self.jobs[event.key].attempts[event.number - 1]
+        attempt.superseded, attempt.reason = event.how, event.reason
+        self.unchecked_lost.pop((event.key, event.number), None)
 
 
 __all__ = ["Ledger", "job_key"]

@@ -1,7 +1,10 @@
 """The YAML manifest: pydantic models, validation with file:line:col problems, and expansion to jobs.
 
 `load_manifest(path)` / `parse_manifest(text, source)` return a SubmissionSpec or raise one
-ManifestError carrying every problem found.
+ManifestError carrying every problem found. What a manifest may hold is bounded before anything is
+expanded or made durable: the YAML document (see exq.yamldoc: size, depth, aliases, strings), the jobs
+per submission (MAX_JOBS, from the grid's dimensions), and templates (see exq.queue.template: format
+widths, rendered length, shell quoting of each placeholder).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from exq.errors import ManifestError
+from exq.errors import InputProblem, ManifestError
 from exq.queue import expand
 from exq.queue.jobspec import (
     FailureRetry,
@@ -36,14 +39,15 @@ from exq.queue.jobspec import (
     SubmissionSpec,
     SyncSpec,
 )
-from exq.queue.template import TemplateError, placeholders, render, render_cmd, render_id
+from exq.queue.template import TemplateError, command_placeholders, placeholders, render, render_cmd, render_id
 from exq.queue.template import format_value as _text
 from exq.queue.template import unknown_placeholder_message as _unknown
-from exq.yamldoc import Path, Problems, parse_document, read_document, show
+from exq.yamldoc import Path, Problems, decode_document, parse_document, read_document, show, text_problem
 from exq.yamlfields import (
     Bool,
     Count,
     Duration,
+    EnvName,
     Factor,
     Fraction,
     Int,
@@ -133,7 +137,7 @@ class SettingsModel(_Model):
     retry: RetryModel = RetryModel()
     on_oom: OnOomModel | None = None
     outputs: Names = []
-    env: dict[Str, EnvValue] = {}
+    env: dict[EnvName, EnvValue] = {}
     setup: Str | None = None
     hosts: Names | None = None
 
@@ -199,6 +203,8 @@ _SETTINGS = set(SettingsModel.model_fields)
 _TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup", "on_job_end"}
 _RESOURCES = ("gpus", "gpu_memory", "share", "timeout")
 _RESERVED = ("phase", "id")
+MAX_JOBS = 100_000
+"""The most jobs one submission may have, unless the caller allows more (`exq submit --max-jobs`)."""
 
 # ---------------------------------------------------------------- pydantic errors -> problems
 
@@ -248,7 +254,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def _workdir(model: ManifestModel, source: str, problems: Problems) -> str:
     base = os.path.dirname(source)
     workdir = os.path.normpath(os.path.join(base, os.path.expanduser(model.workdir or ".")))
-    if not os.path.isdir(workdir):
+    if (why := text_problem(workdir)) is not None:
+        problems.add(("workdir",), f"the workdir's path {why}")
+    elif not os.path.isdir(workdir):
         what = "is not a directory" if os.path.exists(workdir) else "does not exist"
         problems.add(("workdir",), f"workdir {workdir} {what}")
     return workdir
@@ -259,7 +267,13 @@ class _Context:
     model: ManifestModel
     workdir: str
     problems: Problems
+    max_jobs: int
     sync: SyncSpec | None = None
+    jobs_left: int = 0
+    """How many more jobs the phases not yet built may have; -1 once the limit was reported."""
+
+    def __post_init__(self) -> None:
+        self.jobs_left = self.max_jobs
 
 
 class _PhaseBuilder:
@@ -296,16 +310,18 @@ class _PhaseBuilder:
     def check_templates(self) -> bool:
         names = [*self.keys, "phase"]
         ok = self._check_template("id", self.phase.model.id, names)
-        ok = self._check_template("cmd", self.phase.cmd, [*names, "id"]) and ok
+        ok = self._check_template("cmd", self.phase.cmd, [*names, "id"], shell=True) and ok
         for i, glob in enumerate(self.settings.get("outputs", [])):
             ok = self._check_template("outputs", glob, [*names, "id"], i) and ok
         return ok
 
-    def _check_template(self, field: str, template: str | None, names: list[str], *index: int) -> bool:
+    def _check_template(self, field: str, template: str | None, names: list[str], *index: int,
+                        shell: bool = False) -> bool:
         if template is None:
             return True
         try:
-            unknown = [n for n in placeholders(template) if n not in names]
+            used = command_placeholders(template) if shell else placeholders(template)
+            unknown = [n for n in used if n not in names]
         except TemplateError as exc:
             self.problems.add(self._at(field, *index), str(exc))
             return False
@@ -356,10 +372,29 @@ class _PhaseBuilder:
             self.problems.add(path, f"on_oom.scale.param {scale.param!r} must be numeric in every job; job "
                                     f"{bad[0].id!r} has {_text(bad[0].params[scale.param])!r}")
 
+    def within_limit(self) -> bool:
+        """Whether the phase's jobs fit in what the submission may still have, known before expanding."""
+        include = len(self.phase.model.include)
+        count = expand.combination_count(self.axes) + include
+        left, self.ctx.jobs_left = self.ctx.jobs_left, self.ctx.jobs_left - count
+        if count <= left:
+            return True
+        self.ctx.jobs_left = -1
+        if left >= 0:
+            sizes = " x ".join(str(len(axis)) for axis in self.axes) or "1"
+            shape = f"{sizes} + {include} included" if include else sizes
+            earlier = self.ctx.max_jobs - left
+            before = f", on top of {earlier:,} jobs of earlier phases" if earlier else ""
+            self.problems.add(self._at("grid"), f"the grid gives {count:,} jobs ({shape}){before}; a submission "
+                                                f"may have at most {self.ctx.max_jobs:,} (--max-jobs raises it)")
+        return False
+
     def build(self) -> list[JobSpec]:
         model = self.phase.model
-        combos = expand.expand_grid(self.axes, model.exclude, model.include, self.phase.path, self.problems)
-        if not (self.check_names() & self.check_templates()):
+        fits = self.within_limit()
+        combos = expand.expand_grid(self.axes, model.exclude, model.include, self.phase.path, self.problems) \
+            if fits else []
+        if not (self.check_names() & self.check_templates()) or not fits:
             return []
         jobs: list[JobSpec] = []
         failures: dict[str, list[str]] = {"id": [], "cmd": []}
@@ -389,13 +424,13 @@ def _check_unique(jobs: list[JobSpec], paths: Mapping[str, Path], problems: Prob
                                            f"{expand.show(job.params)}")
 
 
-def _expand(model: ManifestModel, source: str, problems: Problems) -> SubmissionSpec:
+def _expand(model: ManifestModel, source: str, problems: Problems, max_jobs: int) -> SubmissionSpec:
     phases = _phases(model, problems)
     workdir = _workdir(model, source, problems)
     sync = None
     if model.sync is not None:
         sync = SyncSpec(dest=model.sync.dest or workdir, exclude=list(model.sync.exclude))
-    ctx = _Context(model, workdir, problems, sync)
+    ctx = _Context(model, workdir, problems, max_jobs, sync)
     jobs: list[JobSpec] = []
     graph: list[expand.PhaseJobs] = []
     for phase in phases:
@@ -417,18 +452,23 @@ def _expand(model: ManifestModel, source: str, problems: Problems) -> Submission
 # ---------------------------------------------------------------- entry points
 
 
-def parse_manifest(text: str, source: str) -> SubmissionSpec:
-    """Validate and expand manifest `text`; `source` is its absolute path (for messages and workdir)."""
+def parse_manifest(text: str | bytes, source: str, *, max_jobs: int | None = None) -> SubmissionSpec:
+    """Validate and expand manifest `text` (bytes: undecoded, e.g. from stdin); `source` is its absolute path
+    (for messages and workdir). At most `max_jobs` jobs (default MAX_JOBS), checked before expanding."""
     source = os.path.abspath(source)
+    if text_problem(source) is not None:
+        shown = source.encode("utf-8", "backslashreplace").decode()
+        raise ManifestError([InputProblem(shown, None, None, "", "the manifest's path is not UTF-8 text; rename it")])
     model, problems = parse_document(
-        ManifestModel, text, source, ManifestError, "a mapping at the top level (name, phases or cmd, ...)")
-    return _expand(model, source, problems)
+        ManifestModel, decode_document(text) if isinstance(text, bytes) else text, source, ManifestError,
+        "a mapping at the top level (name, phases or cmd, ...)")
+    return _expand(model, source, problems, MAX_JOBS if max_jobs is None else max_jobs)
 
 
-def load_manifest(path: str | os.PathLike[str]) -> SubmissionSpec:
-    """Read, validate and expand the manifest file at `path`."""
+def load_manifest(path: str | os.PathLike[str], *, max_jobs: int | None = None) -> SubmissionSpec:
+    """Read, validate and expand the manifest file at `path` (at most `max_jobs` jobs, default MAX_JOBS)."""
     source = os.path.abspath(path)
-    return parse_manifest(read_document(source, "manifest", ManifestError), source)
+    return parse_manifest(read_document(source, "manifest", ManifestError), source, max_jobs=max_jobs)
 
 
-__all__ = ["ManifestModel", "PhaseModel", "load_manifest", "parse_manifest"]
+__all__ = ["MAX_JOBS", "ManifestModel", "PhaseModel", "load_manifest", "parse_manifest"]

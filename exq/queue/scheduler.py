@@ -19,11 +19,11 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from exq.errors import ExqError, WorkerError
+from exq.errors import ExqError, WorkerError, WriteError
 from exq.queue import control, intake
 from exq.queue.classify import classify
 from exq.queue.codesync import WorkdirCopies
-from exq.queue.events import Blocked, Ended, Event, HostDown, HostUp, Launched, Started, Submitted
+from exq.queue.events import Blocked, Ended, Event, HostDown, HostUp, Launched, Started, Submitted, Superseded
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.hooks import HookRuns
 from exq.queue.hosts import Change, HostHealth, HostTracker
@@ -50,6 +50,7 @@ from exq.queue.state import (
     Progress,
     QueueState,
     Submission,
+    SupersededHow,
     job_key,
 )
 from exq.queue.store import Store
@@ -83,6 +84,8 @@ class SchedulerConfig:
     """A submission's on_job_end hook is killed after running this long."""
     progress_interval: float = 3.0
     """Seconds between reads of running jobs' result files (their live progress)."""
+    write_retry: float = 2.0
+    """While the state cannot be written (disk full), seconds between tries to write it again."""
 
 
 class Scheduler:
@@ -109,6 +112,9 @@ class Scheduler:
         self._dirty = True
         self._next_ready_at: float | None = None
         self._pending: list[Event] = []
+        self._write_error: str | None = None
+        """Why the state cannot be written now (disk full...): nothing is placed until a write works again."""
+        self._next_write_try = 0.0
         self._hosts = HostTracker(self.config.lost_timeouts, self.config.lost_timeout)
         self._copies = WorkdirCopies(self._wake_up)
         self._hooks = HookRuns(store.paths, self.config.hook_timeout, self._wake_up)
@@ -135,13 +141,17 @@ class Scheduler:
         self._set_daemon_info()
         await asyncio.wait(self._probes.start(force=True), timeout=min(5.0, self.config.probe_timeout))
         await self._collect_probes()
-        await self._recover()
+        while not await self._recovered() and not self._draining:
+            await asyncio.sleep(self.config.write_retry)
         for host in self.workers:
             if self._hosts.is_up(host):
                 await self._kill_superseded(host)
         try:
             while not self._draining:
-                await self._turn()
+                try:
+                    await self._turn()
+                except WriteError as exc:
+                    self._cannot_write(exc)
                 if on_turn is not None:
                     on_turn(self.store.state)
                 if until is not None and until(self.store.state) and self._hooks.settled(self.store.state.submissions):
@@ -157,7 +167,51 @@ class Scheduler:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.store.state.daemon = None
             self.store.touch()
+            try:
+                self.store.snapshot(force=True)
+            except WriteError as exc:  # the journal holds every event: the next start rebuilds it
+                log.error("final snapshot not written: %s", exc)
+
+    async def _recovered(self) -> bool:
+        """Recover after a restart; False (and the reason shown) when the state cannot be written yet."""
+        try:
+            await self._recover()
+        except WriteError as exc:
+            self._cannot_write(exc)
+            self._pending.clear()  # the next try finds the same and records it again
+            return False
+        self._write_error = None
+        return True
+
+    def _cannot_write(self, exc: WriteError) -> None:
+        """The state cannot be written: stop placing, keep running jobs, say why, try again later."""
+        if self._write_error is None:
+            log.error("cannot write the queue state: %s. Placing stopped; running jobs go on; retrying every %.0fs",
+                      exc, self.config.write_retry)
+        self._write_error = str(exc)
+        self._next_write_try = time.monotonic() + self.config.write_retry
+        if self.store.state.daemon is not None:
+            self.store.state.daemon.problem = f"cannot write the queue state ({exc}): not placing jobs"
+
+    def _writes_work(self) -> bool:
+        """While writes fail: try the queued events and a snapshot again (rate-limited); True once they work."""
+        if self._write_error is None:
+            return True
+        if time.monotonic() < self._next_write_try:
+            return False
+        try:
+            self._flush()
+            self.store.touch()
             self.store.snapshot(force=True)
+        except WriteError as exc:
+            self._cannot_write(exc)
+            return False
+        log.warning("the queue state can be written again: placing resumes")
+        self._write_error = None
+        if self.store.state.daemon is not None:
+            self.store.state.daemon.problem = None
+        self._wake_up()
+        return True
 
     async def apply_pending_requests(self) -> None:
         """Without a running loop: recover, apply queued control requests and submissions, then stop."""
@@ -169,6 +223,8 @@ class Scheduler:
         self.store.snapshot(force=True)
 
     async def _turn(self) -> None:
+        if not self._writes_work():
+            return
         await self._collect_probes()
         self._probes.start()  # those due: every host is watched, jobs to place or not
         self._ingest()
@@ -202,15 +258,22 @@ class Scheduler:
         self._pending.append(event)
 
     def _flush(self) -> None:
-        """Make the queued events durable, then apply them. Nothing they cause happens before this."""
+        """Make the queued events durable, then apply them. Nothing they cause happens before this.
+
+        On WriteError they stay queued, in order, for the next try: what they record happened already.
+        """
         if self._pending:
-            events, self._pending = self._pending, []
-            self.store.commit(events)
+            self.store.commit(self._pending)
+            self._pending = []
             self._dirty = True
 
     def _commit(self, events: list[Event]) -> None:
-        self._pending.extend(events)
-        self._flush()
+        """Make decisions taken now durable, after the queued events. On WriteError these are dropped: what
+        they were decided from (an intake file, a request, the state) is still there to decide again."""
+        if self._pending or events:
+            self.store.commit([*self._pending, *events])
+            self._pending = []
+            self._dirty = True
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -230,19 +293,25 @@ class Scheduler:
         """Turn intake files into Submitted events, then remove the files."""
         for path, item in intake.pending_intakes(self.store.paths):
             sub = intake_submission(item)
-            existing = self._submission(sub.id)
-            if existing is not None and (existing.submitted_at, existing.name) == (sub.submitted_at, sub.name):
+            if self._ingested(sub):
                 path.unlink(missing_ok=True)  # ingested before a crash removed the file
                 continue
-            if existing is not None:
-                # The number was handed out twice (e.g. intake/.counter was lost): keep both.
+            if self._submission(sub.id) is not None:
+                # The number was handed out twice (intake/.counter was set back by hand or a backup): keep both.
                 number = 1 + max(int(s.id) for s in self.store.state.submissions if s.id.isdigit())
                 intake.raise_counter(self.store.paths, number)
-                log.warning("submission number %s was already taken; ingesting it as %d", sub.id, number)
+                log.error("submission number %s was already taken; ingesting %s as %d", sub.id, sub.name, number)
                 sub = sub.model_copy(update={"id": str(number)})
             self._commit([Submitted(at=item.submitted_at, submission=sub, jobs=item.spec.jobs)])
             log.info("submission %s (%s): %d jobs", sub.id, sub.name, len(item.spec.jobs))
             path.unlink(missing_ok=True)
+
+    def _ingested(self, sub: Submission) -> bool:
+        """Whether this intake was already ingested (by its key; files written before keys: by time and name)."""
+        if sub.key is not None:
+            return sub.key in self.store.ledger.submission_keys
+        existing = self._submission(sub.id)
+        return existing is not None and (existing.submitted_at, existing.name) == (sub.submitted_at, sub.name)
 
     def _submission(self, sub_id: str) -> Submission | None:
         return self.store.ledger.submissions.get(sub_id)
@@ -470,16 +539,29 @@ class Scheduler:
             if placement.gpus:
                 loads = gpu_loads(self._probes.snapshots, self._reservations.values())
         if launches:
+            await self._launch(launches, now)
+
+    async def _launch(self, launches: list[tuple[Job, Placement, str]], now: float) -> None:
+        """Record the launches durably, then start them (none starts if they cannot be recorded)."""
+        try:
             self._commit([Launched(at=now, key=job.key, attempt=self._new_attempt(job, p, now, workdir))
                           for job, p, workdir in launches])
-            await asyncio.gather(*(self._start(job) for job, _, _ in launches))
-            self._flush()
+        except WriteError:
+            for job, _, _ in launches:
+                self._reservations.pop(job.key, None)
+            raise
+        await asyncio.gather(*(self._start(job) for job, _, _ in launches))
+        self._flush()
 
     def _usable_hosts(self, job: Job, hosts: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        """`hosts` (None: any) less those the copy of the job's workdir failed on."""
-        if not self._copies.failed(job.submission):
-            return hosts
-        return self._copies.usable_hosts(job.submission, hosts if hosts is not None else self.workers)
+        """`hosts` (None: any) less those the copy of the job's workdir failed on, and those that may still
+        run copies of attempts given up as lost (until they are checked: see `_supersede`)."""
+        if self._copies.failed(job.submission):
+            hosts = self._copies.usable_hosts(job.submission, hosts if hosts is not None else self.workers)
+        fenced = set(self.store.ledger.unchecked_lost.values())
+        if fenced:
+            hosts = tuple(h for h in (hosts if hosts is not None else self.workers) if h not in fenced)
+        return hosts
 
     def _wake_up(self) -> None:
         self._dirty = True
@@ -524,21 +606,23 @@ class Scheduler:
         )
 
     async def _start(self, job: Job) -> None:
+        """Launch the job's latest attempt. A launch that raises anything ends that attempt, never the daemon."""
         attempt = job.attempts[-1]
-        worker = self.workers[attempt.host]
-        request = LaunchRequest(
-            attempt_dir=attempt.dir, cmd=attempt.cmd, workdir=attempt.workdir or job.spec.workdir,
-            env=self._job_env(job, attempt), setup=job.spec.setup,
-        )
         try:
-            record = await worker.launch(request)
-        except ExqError as exc:
-            log.error("%s: launch failed: %s", job.key, exc)
+            request = LaunchRequest(
+                attempt_dir=attempt.dir, cmd=attempt.cmd, workdir=attempt.workdir or job.spec.workdir,
+                env=self._job_env(job, attempt), setup=job.spec.setup,
+            )
+            record = await self.workers[attempt.host].launch(request)
+        except Exception as exc:
+            known = isinstance(exc, ExqError)
+            log.error("%s: launch failed: %s", job.key, exc if known else repr(exc), exc_info=not known)
             self._reservations.pop(job.key, None)
             # The connection may have dropped after the runner started: LOST attempts are checked
-            # (and killed if running) when their host answers again.
+            # (and killed if running) when their host answers again. Anything else (a value no process
+            # can receive, a bug) fails the attempt with its reason.
             outcome = Outcome.LOST if isinstance(exc, WorkerError) else Outcome.FAILED
-            self._end_now(job, outcome, f"launch failed: {exc}")
+            self._end_now(job, outcome, f"launch failed: {exc if known else f'{type(exc).__name__}: {exc}'}")
             return
         self._attach(job, record)
 
@@ -615,7 +699,7 @@ class Scheduler:
                 if self._hosts.observe(name, False, now, error) == Change.WENT_DOWN:
                     self._host_went_down(name, error)
             elif self._hosts.observe(name, True, now) == Change.CAME_BACK:
-                await self._host_came_back(name)
+                self._host_came_back(name)
         self._flush()
         self._update_views()
         self._dirty = True
@@ -629,33 +713,95 @@ class Scheduler:
         if keys:
             self._emit(HostDown(at=time.time(), host=host, keys=keys))
 
-    async def _host_came_back(self, host: str) -> None:
-        """Re-attach its jobs still counted as running there; kill attempts that were moved elsewhere."""
+    def _host_came_back(self, host: str) -> None:
+        """Re-attach its jobs still counted as running there; check it for copies of jobs moved elsewhere."""
         keys = [j.key for j in self._on_host(host, JobStatus.UNKNOWN)]
         log.warning("host %s answers again; re-attaching %d job(s)", host, len(keys))
         if keys:
             self._emit(HostUp(at=time.time(), host=host, keys=keys))
-        await self._kill_superseded(host)
+        self._check_superseded(host)
 
     async def _kill_superseded(self, host: str) -> None:
-        """Kill attempts on `host` given up as lost that still run there, so no job runs twice."""
-        for job in self.store.state.jobs:
-            for attempt in job.attempts:
-                if attempt.host != host or attempt.outcome != Outcome.LOST:
-                    continue
-                try:
-                    record = await self.workers[host].read(attempt.dir)
-                except ExqError as exc:
-                    log.warning("cannot check %s on %s now: %s", attempt.dir, host, exc)
-                    return
-                log.debug("%s attempt %d on %s (given up as lost): %s", job.key, attempt.number, host, record)
-                if record.alive:
-                    log.warning("%s attempt %d still runs on %s after being moved: killing it",
-                                job.key, attempt.number, host)
-                    self._spawn(self._kill_attempt(attempt))
+        """At start-up: start checking `host` (see `_check_superseded`); the loop starts meanwhile."""
+        self._check_superseded(host)
+
+    def _check_superseded(self, host: str) -> None:
+        """Start checking `host` for copies of attempts given up as lost (see `_supersede`), in the
+        background: the loop goes on, but places nothing on `host` until they are all checked."""
+        attempts = self._begin_superseded_check(host)
+        if attempts:
+            self._spawn(self._supersede(host, attempts))
+
+    def _begin_superseded_check(self, host: str) -> list[tuple[Job, Attempt]]:
+        """The attempts on `host` given up as lost and not checked since, with their check marked as begun;
+        none when it has none or a check is not due (HostTracker.check_due)."""
+        ledger = self.store.ledger
+        if host not in self.workers or host not in ledger.unchecked_lost.values():
+            return []
+        if not self._hosts.check_due(host, time.time()):
+            return []
+        recorded = {(e.key, e.number) for e in self._pending if isinstance(e, Superseded)}  # not yet flushed
+        attempts = [(ledger.jobs[key], ledger.jobs[key].attempts[number - 1])
+                    for (key, number), where in ledger.unchecked_lost.items()
+                    if where == host and (key, number) not in recorded]
+        if attempts:
+            self._hosts.check_started(host)
+        return attempts
+
+    async def _supersede(self, host: str, attempts: list[tuple[Job, Attempt]]) -> None:
+        """Kill the copies of these attempts still running on `host` (all at once) and record what became of
+        each (Superseded): their jobs moved on and never change by them. What failed is checked again later."""
+        checked = 0
+        try:
+            ends = await asyncio.gather(*(self._end_copy(host, job, a) for job, a in attempts), return_exceptions=True)
+            for (job, attempt), end in zip(attempts, ends, strict=True):
+                if isinstance(end, ExqError | TimeoutError):
+                    log.warning("cannot check %s attempt %d on %s now (%s); placing nothing there until it is "
+                                "checked", job.key, attempt.number, host, str(end) or "no answer in time")
+                elif isinstance(end, BaseException):
+                    raise end
+                else:
+                    self._supersede_one(job, attempt, *end)
+                    checked += 1
+        finally:  # whatever went wrong is tried again, not at once
+            self._hosts.check_ended(host, time.time(), failed=checked < len(attempts))
+            self._wake_up()
+
+    def _supersede_one(self, job: Job, attempt: Attempt, how: SupersededHow, found: str) -> None:
+        """Record (and log) what became of an attempt given up as lost."""
+        if how == "killed":
+            log.warning("%s: killed its old copy (attempt %d) on %s", job.key, attempt.number, attempt.host)
+        else:
+            log.log(logging.WARNING if how == "finished" else logging.INFO, "%s attempt %d: %s",
+                    job.key, attempt.number, found)
+        reason = "; ".join(r for r in (attempt.reason, f"superseded: {found}") if r)
+        self._emit(Superseded(at=time.time(), key=job.key, number=attempt.number, how=how, reason=reason))
+
+    async def _end_copy(self, host: str, job: Job, attempt: Attempt) -> tuple[SupersededHow, str]:
+        """Kill the attempt's copy on `host` if it still runs; what became of it, in words."""
+        worker = self.workers[host]
+        record = await worker.read(attempt.dir)
+        if not record.claimed and attempt.pid is None:  # its launch was cut short: it must never start now
+            await worker.tombstone(attempt.dir)
+            record = await worker.read(attempt.dir)  # tombstoned, unless its runner claimed it first
+        if record.tombstoned:
+            return "gone", f"never started on {host}"
+        if record.alive:
+            log.warning("%s attempt %d still runs on %s after the job was moved: killing it",
+                        job.key, attempt.number, host)
+            await worker.kill(attempt.dir, self.config.kill_grace)
+            ended = self.config.kill_grace + self.config.probe_timeout  # bounded: its runner records the end
+            record = await asyncio.wait_for(worker.wait(attempt.dir), ended)
+        if record.signal is not None:
+            return "killed", f"ran on {host} while the job was moved; killed"
+        if record.ended:
+            return "finished", (f"finished on {host} after the job was moved (exit code {record.exit_code}); "
+                                "result ignored")
+        return "gone", f"not running on {host} any more"
 
     def _check_lost_hosts(self) -> None:
-        """Requeue the jobs of hosts that stayed unreachable past their lost timeout."""
+        """Requeue the jobs of hosts that stayed unreachable past their lost timeout; check the hosts that
+        answer for copies of attempts given up as lost (again, after a check failed)."""
         now = time.time()
         for host in self.workers:
             lost_at = self._hosts.lost_at(host)
@@ -667,6 +813,8 @@ class Scheduler:
                               f"{time.strftime('%H:%M:%S', time.localtime(health.down_since))} ({health.error})")
                 self._reservations.pop(job.key, None)
         self._flush()
+        for host in self.workers:  # after the flush: checks already recorded are not started again
+            self._check_superseded(host)
 
     def _update_views(self) -> None:
         state = self.store.state
@@ -743,7 +891,7 @@ _EMPTY = GpuSnapshot(backend="none", gpus=(), taken_at=0.0)
 
 def intake_submission(item: intake.Intake) -> Submission:
     spec = item.spec
-    return Submission(id=item.id, name=spec.name, source=spec.source, submitted_at=item.submitted_at,
+    return Submission(id=item.id, key=item.key, name=spec.name, source=spec.source, submitted_at=item.submitted_at,
                       phases=list(spec.phases), jobs=len(spec.jobs), on_job_end=spec.on_job_end)
 
 

@@ -34,6 +34,11 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.CANCELLED)
 
 
+SupersededHow = Literal["killed", "finished", "gone"]
+"""What became of an attempt given up as lost, found once its host answered again: still running there,
+so killed; finished there (its result ignored); or not running there (never started, or vanished)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -58,6 +63,9 @@ class Attempt(_Model):
     signal: int | None = None
     outcome: Outcome | None = None
     reason: str | None = Field(None, description="Why it ended as it did, e.g. 'CUDA out of memory'.")
+    superseded: SupersededHow | None = Field(
+        None, description="Given up as lost, then found when its host answered again: 'killed' (it still ran "
+        "there), 'finished' (it had ended there; its result ignored) or 'gone' (not running there).")
 
 
 class Progress(_Model):
@@ -139,6 +147,7 @@ def job_key(submission: str, job_id: str) -> str:
 
 class Submission(_Model):
     id: str
+    key: str | None = Field(None, description="Unique key `exq submit` gave it: it is ingested once, whatever happens.")
     name: str
     source: str
     submitted_at: float
@@ -181,6 +190,7 @@ class DaemonInfo(_Model):
     started_at: float
     mode: Literal["daemon", "run"]
     draining: bool = False
+    problem: str | None = Field(None, description="What keeps the daemon from working normally now (e.g. a full disk).")
 
 
 class QueueState(_Model):

@@ -1,40 +1,60 @@
 """Crash-safe persistence of the queue in one state directory.
 
-Layout (dirs 0700, files 0600):
-  queue_state.json   the whole state, replaced atomically at a bounded rate (what people and agents read)
-  journal.jsonl      every event since that snapshot, appended and fsynced before it takes effect
-  daemon.lock        held by the one process that writes (daemon or `exq run`)
-  intake/            submissions waiting to be ingested (`exq submit` writes one file each)
-  control/           requests (cancel, retry, pause, resume) waiting for the writer
-  jobs/              attempt directories: jobs/<submission>/<job>/<attempt>/{log,pid,exit,result.json}
-  hooks/             on_job_end hooks: <submission>.log (their output), <submission>.pid (a run in flight)
+Layout (dirs 0700, files 0600, all owned by the daemon's user; exq refuses anything else):
+  queue_state.json      the whole state, replaced atomically at a bounded rate (what people and agents read)
+  queue_state.json.old  the previous generation: the snapshot the journal starts from (as Slurm keeps .old)
+  journal.jsonl         every event since that snapshot, appended and fsynced before it takes effect
+  daemon.lock           held by the one process that writes (daemon or `exq run`)
+  intake/               submissions waiting to be ingested (`exq submit` writes one file each)
+  control/              requests (cancel, retry, pause, resume) waiting for the writer
+  jobs/                 attempt directories: jobs/<submission>/<job>/<attempt>/{log,pid,exit,result.json}
+  hooks/                on_job_end hooks: <submission>.log (their output), <submission>.pid (a run in flight)
 
 Recovery = load the snapshot, then replay journal events with a higher seq. A torn last journal
-line (crash mid-append) is dropped; it was never acknowledged.
+line (crash mid-append) is dropped; it was never acknowledged. When queue_state.json is missing or
+unreadable, queue_state.json.old plus the journal give the same state. Readers and the writer recover
+through the same function, so they agree: both use the same state, or both refuse, naming the file
+and byte.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from exq.errors import DaemonRunningError, StateError
+from exq.errors import DaemonRunningError, StateError, WriteError
 from exq.queue.events import EVENT_ADAPTER, Event
-from exq.queue.fsio import PRIVATE_FILE, atomic_write, fsync_dir, private_dir
+from exq.queue.fsio import (
+    PRIVATE_FILE,
+    atomic_write,
+    check_ancestors,
+    check_owned,
+    fsync_dir,
+    private_dir,
+    write_all,
+    write_error,
+)
 from exq.queue.ledger import Ledger
 from exq.queue.state import STATE_VERSION, QueueState
 
+log = logging.getLogger("exq.store")
+
 SNAPSHOT = "queue_state.json"
+SNAPSHOT_OLD = "queue_state.json.old"
 JOURNAL = "journal.jsonl"
 LOCK = "daemon.lock"
 COMPACT_JOURNAL_BYTES = 1024 * 1024
-"""After a snapshot, a journal larger than this is emptied (the snapshot covers all of it)."""
+"""After a snapshot, a journal larger than this starts anew (the snapshot, kept as .old, covers all of it)."""
 LOCK_WAIT = 2.0
 """Seconds a new writer waits for the lock (a reader's `daemon_running` check holds it for an instant)."""
 
@@ -53,6 +73,7 @@ class StatePaths:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().absolute()
         self.snapshot = self.root / SNAPSHOT
+        self.snapshot_old = self.root / SNAPSHOT_OLD
         self.journal = self.root / JOURNAL
         self.lock = self.root / LOCK
         self.intake = self.root / "intake"
@@ -61,8 +82,22 @@ class StatePaths:
         self.hooks = self.root / "hooks"
 
     def create(self) -> StatePaths:
+        """Create the directories (0700) after checking that no other user could tamper with them."""
+        self.check()
         for path in (self.root, self.intake, self.control, self.jobs):
             private_dir(path)
+        return self
+
+    def check(self) -> StatePaths:
+        """Refuse a state directory, or a file of it, that another user owns or could write (as ssh's StrictModes).
+
+        Raises StateError with the owner, the mode and the fix. A missing directory passes (it is created).
+        """
+        check_ancestors(self.root)
+        for directory in (self.root, self.intake, self.control, self.jobs, self.hooks):
+            check_owned(directory, directory=True)
+        for path in (self.snapshot, self.snapshot_old, self.journal, self.lock, self.intake / COUNTER_FILE):
+            check_owned(path)
         return self
 
     def hook_log(self, submission: str) -> Path:
@@ -73,27 +108,38 @@ class StatePaths:
         return FileLock(str(self.lock), mode=PRIVATE_FILE)
 
 
+COUNTER_FILE = ".counter"
+"""intake/.counter: the last submission number handed out."""
+
+
 def read_state(paths: StatePaths) -> QueueState:
     """The current state for a reader: the snapshot plus any newer journal events. Takes no lock.
 
     The journal is read before the snapshot: the writer empties the journal only after a snapshot
     covering it is in place, so a snapshot read later covers whatever the journal read missed.
     """
-    journal = _read_bytes(paths.journal)
-    ledger = Ledger(_load_snapshot(paths.snapshot))
-    for event, _ in _scan_journal(journal, paths.journal, after=ledger.state.seq, strict=False):
-        if event is not None:
-            ledger.apply(event)
-    return ledger.state
+    paths.check()
+    recovered = _recover(paths, _read_bytes(paths.journal))
+    for problem in recovered.problems:
+        log.warning("%s", problem)
+    return recovered.ledger.state
 
 
-def snapshot_is_current(paths: StatePaths) -> bool:
-    """Whether queue_state.json already holds every journaled event (readers may use it as it is)."""
+def current_snapshot(paths: StatePaths) -> bytes | None:
+    """queue_state.json's bytes when they are whole and hold every journaled event; else None."""
+    paths.check()
     journal = _read_bytes(paths.journal)
-    seq = _snapshot_seq(_read_bytes(paths.snapshot, 200))
-    if seq is None:
-        return False
-    return all(event is None for event, _ in _scan_journal(journal, paths.journal, seq, strict=False))
+    data = _read_bytes(paths.snapshot)
+    seq = _snapshot_seq(data[:200])
+    if seq is None or any(event is not None for event, _ in _scan_journal(journal, paths.journal, seq)):
+        return None
+    if _journal_cut_short(paths, journal, seq) is not None:
+        return None  # read_state says so
+    try:
+        whole = json.loads(data)
+    except ValueError:
+        return None
+    return data if isinstance(whole, dict) and whole.get("version") == STATE_VERSION else None
 
 
 def daemon_running(paths: StatePaths) -> bool:
@@ -121,6 +167,10 @@ class Store:
         self._dirty = False
         self.ledger = Ledger()
         self._journal: int | None = None
+        self._journal_size = 0
+        """Bytes of whole events in the journal: a failed append is cut back to this."""
+        self._new_generation = True
+        """The next snapshot also becomes queue_state.json.old, with an empty journal after it (set at open)."""
 
     def open(self) -> Store:
         """Take the writer lock and recover the state (snapshot + journal replay)."""
@@ -130,15 +180,15 @@ class Store:
             raise DaemonRunningError(
                 f"another exq daemon (or `exq run`) is using {self.paths.root}; stop it first"
             ) from None
+        except OSError as exc:
+            raise write_error(self.paths.lock, exc) from None
         try:
-            self.ledger = Ledger(_load_snapshot(self.paths.snapshot))
-            valid_bytes = 0
-            journal = _read_bytes(self.paths.journal)
-            for event, end in _scan_journal(journal, self.paths.journal, self.ledger.state.seq, strict=True):
-                valid_bytes = end
-                if event is not None:
-                    self.ledger.apply(event)
-            self._open_journal(truncate_at=valid_bytes)
+            recovered = _recover(self.paths, _read_bytes(self.paths.journal))
+            self.ledger = recovered.ledger
+            self._open_journal(truncate_at=recovered.valid_bytes)
+            for problem in recovered.problems:
+                log.warning("%s", problem)
+            self._rebuild_snapshot(recovered)
         except BaseException:
             self._lock.release()
             raise
@@ -147,7 +197,10 @@ class Store:
     def close(self) -> None:
         """Write a final snapshot (if anything changed since the last) and release the lock."""
         if self._journal is not None:
-            self.snapshot(force=True)
+            try:
+                self.snapshot(force=True)
+            except WriteError as exc:  # the journal holds every event: the next start rebuilds the snapshot
+                log.warning("final snapshot not written: %s", exc)
             os.close(self._journal)
             self._journal = None
         if self._lock.is_locked:
@@ -158,7 +211,11 @@ class Store:
         return self.ledger.state
 
     def commit(self, events: Iterable[Event]) -> list[Event]:
-        """Append events to the journal with one fsync, then apply them. Returns them with their seq."""
+        """Append events to the journal with one fsync, then apply them. Returns them with their seq.
+
+        If the append cannot complete (disk full, I/O error), the journal is cut back to its last whole
+        event, nothing is applied and WriteError is raised: the caller may try the same events again.
+        """
         if self._journal is None:
             raise StateError("store is not open")
         seq = self.ledger.state.seq
@@ -169,27 +226,30 @@ class Store:
         if not numbered:
             return []
         payload = b"".join(ev.model_dump_json().encode() + b"\n" for ev in numbered)
-        os.write(self._journal, payload)
-        os.fsync(self._journal)
+        self._append(payload)
         for event in numbered:
             self.ledger.apply(event)
         self._dirty = True
         return numbered
 
     def snapshot(self, force: bool = False) -> bool:
-        """Write queue_state.json if it changed and the rate bound allows (`force`: whatever the rate)."""
+        """Write queue_state.json if it changed and the rate bound allows (`force`: whatever the rate).
+
+        Raises WriteError when it cannot be written (the previous one stays; the journal has every event).
+        """
         now = time.monotonic()
         if not self._dirty or (not force and now - self._last_snapshot < self._interval):
             return False
         started = time.monotonic()
         self.ledger.state.updated_at = time.time()
-        atomic_write(self.paths.snapshot, self.ledger.state.model_dump_json().encode())
+        data = self.ledger.state.model_dump_json().encode()
+        atomic_write(self.paths.snapshot, data)
         took = time.monotonic() - started
         # Keep snapshot writing under ~20% of the time however large the queue grows.
         self._interval = max(self._min_interval, took * 5)
         self._last_snapshot, self._dirty = time.monotonic(), False
-        if self._journal is not None and os.fstat(self._journal).st_size > COMPACT_JOURNAL_BYTES:
-            self._compact_journal()
+        if self._journal_size > COMPACT_JOURNAL_BYTES or self._new_generation:
+            self._compact_journal(data)
         return True
 
     def touch(self) -> None:
@@ -201,39 +261,170 @@ class Store:
             return None
         return max(0.0, self._interval - (time.monotonic() - self._last_snapshot))
 
-    def _open_journal(self, truncate_at: int) -> None:
-        fd = os.open(self.paths.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
-        if os.fstat(fd).st_size != truncate_at:
-            os.ftruncate(fd, truncate_at)  # drop a torn last line
-            os.fsync(fd)
-        self._journal = fd
-
-    def _compact_journal(self) -> None:
-        """The snapshot just written covers every event: start an empty journal."""
+    def _append(self, payload: bytes) -> None:
+        """Append whole events and fsync; on any failure leave the journal as it was."""
         assert self._journal is not None
-        tmp = self.paths.root / f".{JOURNAL}.new"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, self.paths.journal)
-        fsync_dir(self.paths.root)
+        try:
+            if os.fstat(self._journal).st_size != self._journal_size:
+                os.ftruncate(self._journal, self._journal_size)  # a failed append left part of a line
+            write_all(self._journal, payload)
+            os.fsync(self._journal)
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # else: cut back before the next append
+                os.ftruncate(self._journal, self._journal_size)
+            raise write_error(self.paths.journal, exc) from None
+        self._journal_size += len(payload)
+
+    def _open_journal(self, truncate_at: int) -> None:
+        try:
+            fd = os.open(self.paths.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+            if os.fstat(fd).st_size != truncate_at:
+                os.ftruncate(fd, truncate_at)  # drop a torn last line
+                os.fsync(fd)
+        except OSError as exc:
+            raise write_error(self.paths.journal, exc) from None
+        self._journal, self._journal_size = fd, truncate_at
+
+    def _compact_journal(self, snapshot: bytes) -> None:
+        """The snapshot just written covers every event: keep a copy of it as the previous generation, then
+        start an empty journal.
+
+        At every instant queue_state.json.old plus the journal on disk hold the whole state, so losing or
+        damaging queue_state.json loses nothing. It is a copy, not a hard link: damage done to one file
+        in place must not reach the other.
+        """
+        assert self._journal is not None
+        root = self.paths.root
+        atomic_write(self.paths.snapshot_old, snapshot)
+        try:
+            tmp = root / f".{JOURNAL}.new"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+            os.fsync(fd)
+            os.close(fd)
+            os.replace(tmp, self.paths.journal)
+            fsync_dir(root)
+        except OSError as exc:
+            raise write_error(self.paths.journal, exc) from None
         os.close(self._journal)
+        self._journal = None
         self._open_journal(truncate_at=0)
+        self._new_generation = False
+
+    def _rebuild_snapshot(self, recovered: _Recovered) -> None:
+        """Start a new generation: queue_state.json and .old from the recovered state, an empty journal.
+
+        An unreadable queue_state.json is kept for inspection. On a full disk this waits for the next snapshot.
+        """
+        if recovered.base != self.paths.snapshot and self.paths.snapshot.exists():
+            aside = self.paths.root / f"{SNAPSHOT}.corrupt-{int(time.time())}"
+            os.replace(self.paths.snapshot, aside)
+            log.warning("kept the unreadable %s as %s", self.paths.snapshot, aside)
+        self._dirty = True
+        try:
+            self.snapshot(force=True)
+        except WriteError as exc:  # written at the next snapshot; the journal and .old keep everything
+            log.warning("%s", exc)
+
+
+@dataclass
+class _Recovered:
+    ledger: Ledger
+    valid_bytes: int
+    """Where the last whole event of the journal ends."""
+    base: Path | None
+    """The snapshot it started from (None: an empty state)."""
+    problems: list[str] = field(default_factory=list)
+    """Why the snapshots before `base` could not be used."""
+
+
+def _recover(paths: StatePaths, journal: bytes) -> _Recovered:
+    """The state from the newest usable snapshot plus the journal; StateError when no base leads to a whole state."""
+    problems: list[str] = []
+    for base in (paths.snapshot, paths.snapshot_old, None):
+        try:
+            state = QueueState() if base is None else _load_snapshot(base)
+        except FileNotFoundError:
+            if base == paths.snapshot and paths.snapshot_old.exists():
+                problems.append(f"{base} is missing")
+            continue
+        except _Unreadable as exc:
+            problems.append(str(exc))
+            continue
+        ledger = Ledger(state)
+        try:
+            valid_bytes = _replay(ledger, journal, paths.journal)
+        except _Gap as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            problems.append(f"recovered the state from {base or 'an empty state'} and {paths.journal}")
+        elif base == paths.snapshot and (cut := _journal_cut_short(paths, journal, state.seq)) is not None:
+            problems.append(cut)
+        return _Recovered(ledger, valid_bytes, base, problems)
+    raise StateError(
+        "; ".join(problems) + f". No snapshot plus {paths.journal} gives the whole state, so exq will not "
+        f"guess: restore {paths.snapshot} (or {paths.snapshot_old}) from a backup")
+
+
+def _replay(ledger: Ledger, journal: bytes, path: Path) -> int:
+    """Apply the journal's events newer than the ledger's; returns where the last whole event ends."""
+    valid_bytes = 0
+    for event, end in _scan_journal(journal, path, ledger.state.seq):
+        if event is not None:
+            if event.seq != ledger.state.seq + 1:
+                raise _Gap(f"{path}: the events after seq {ledger.state.seq} are missing (the next one there is "
+                           f"seq {event.seq}, at byte {valid_bytes})")
+            try:
+                ledger.apply(event)
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                raise StateError(f"{path}: event seq {event.seq} at byte {valid_bytes} does not fit the state "
+                                 f"({type(exc).__name__}: {exc}); restore the state directory from a backup") from None
+        valid_bytes = end
+    return valid_bytes
+
+
+def _journal_cut_short(paths: StatePaths, journal: bytes, snapshot_seq: int) -> str | None:
+    """Why the journal must have lost events (it ends before the snapshot made after it did); None if it need not.
+
+    The journal holds every event after queue_state.json.old, and queue_state.json is written only after
+    the events it holds were journaled, so the journal reaches at least as far as queue_state.json.
+    """
+    old_seq = _snapshot_seq(_read_bytes(paths.snapshot_old, 200))
+    if old_seq is None or old_seq >= snapshot_seq:
+        return None
+    end = journal.rfind(b"\n")
+    last = _SEQ_RE.match(journal[journal.rfind(b"\n", 0, end) + 1:end]) if end >= 0 else None
+    last_seq = int(last.group(1)) if last else old_seq
+    if last_seq >= snapshot_seq:
+        return None
+    return (f"{paths.journal} ends at event {last_seq}, before event {snapshot_seq} that {paths.snapshot} holds: it "
+            f"was cut short, deleted or replaced. The state is the snapshot's; changes recorded after it, if any, "
+            f"are lost")
+
+
+class _Unreadable(Exception):
+    """A snapshot that cannot be used (truncated, garbled); recovery tries the previous generation."""
+
+
+class _Gap(Exception):
+    """The journal does not continue where a snapshot ends."""
 
 
 def _load_snapshot(path: Path) -> QueueState:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return QueueState()
+    """A snapshot file's state. FileNotFoundError when missing; _Unreadable when torn or garbled;
+    StateError when it was written by an exq with another state version."""
+    data = path.read_bytes()
     version = _VERSION_RE.match(data[:200])
-    if version is None or int(version.group(1)) != STATE_VERSION:
-        found = version.group(1).decode() if version else "unknown"
-        raise StateError(f"{path}: state version {found}, this exq reads version {STATE_VERSION}")
+    if version is not None and int(version.group(1)) != STATE_VERSION:
+        raise StateError(f"{path}: state version {version.group(1).decode()}, "
+                         f"this exq reads version {STATE_VERSION}")
+    if version is None:
+        raise _Unreadable(f"{path}: not a state file (no version at its start; {len(data)} bytes)")
     try:
         return QueueState.model_validate_json(data)
     except ValidationError as exc:
-        raise StateError(f"{path}: not a valid state file: {exc}") from None
+        first = exc.errors()[0]
+        raise _Unreadable(f"{path}: not a valid state file ({first['msg']} at {first['loc']})") from None
 
 
 _VERSION_RE = re.compile(rb'\s*\{\s*"version"\s*:\s*(\d+)')
@@ -248,6 +439,8 @@ def _read_bytes(path: Path, limit: int = -1) -> bytes:
             return handle.read(limit)
     except FileNotFoundError:
         return b""
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _snapshot_seq(head: bytes) -> int | None:
@@ -255,12 +448,12 @@ def _snapshot_seq(head: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _scan_journal(data: bytes, path: Path, after: int, strict: bool) -> Iterable[tuple[Event | None, int]]:
+def _scan_journal(data: bytes, path: Path, after: int) -> Iterable[tuple[Event | None, int]]:
     """Yield (event, byte offset after it) for each line; the event is None when its seq <= `after`.
 
     Events are written with `seq` first, so lines the snapshot covers are skipped without parsing.
-    A torn or unparsable last line ends the scan; an unparsable line before it is an error when strict.
-    `path` names the journal in messages.
+    A torn or unparsable last line ends the scan (it was never acknowledged); an unparsable line
+    before it is an error naming the file and byte. `path` names the journal in messages.
     """
     offset = 0
     while offset < len(data):
@@ -276,8 +469,12 @@ def _scan_journal(data: bytes, path: Path, after: int, strict: bool) -> Iterable
         try:
             event = EVENT_ADAPTER.validate_json(line)
         except ValidationError as exc:
-            if newline + 1 >= len(data) or not strict:
+            if newline + 1 >= len(data):
                 return
-            raise StateError(f"{path}: corrupt event at byte {offset}: {exc}") from None
+            lines = data.count(b"\n", 0, offset) + 1
+            raise StateError(
+                f"{path}: corrupt event at byte {offset} (line {lines}): {exc.errors()[0]['msg']}. The events after "
+                f"it depend on it, so exq will not skip it: restore the journal from a backup, or move it aside to "
+                f"start again from {path.with_name(SNAPSHOT)} (losing the events it does not hold)") from None
         offset = newline + 1
         yield event, offset

@@ -2,12 +2,14 @@
 
 A worker owns one host. Every attempt lives in an attempt directory on that host, where a small
 POSIX sh runner records what happened (claim, pid, exit status), so an attempt outlives the daemon
-and can be re-attached or classified later from those files alone.
+and can be re-attached or classified later from those files alone (`parse_record`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,6 +17,8 @@ from exq.queue.gpus import GpuSnapshot
 
 PEEK_LIMIT = 256 * 1024
 """A running job's result file larger than this is not read for live progress (only when it ends)."""
+TOMBSTONE = "tombstone"
+"""What the claim holds when exq claimed the attempt before its runner did (so it never runs)."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,51 @@ class AttemptReport:
     """Output globs that matched nothing."""
 
 
+def _fields(text: str | None, count: int) -> list[str] | None:
+    fields = (text or "").split()
+    return fields if len(fields) >= count else None
+
+
+def parse_record(read: Callable[[str], str | None], runner_alive: Callable[[int, float | None], bool]) -> RunRecord:
+    """What an attempt directory records; `read(NAME)` is file NAME's text there (None: missing).
+
+    Both workers read in this order: claim, pid, whether the runner lives (`runner_alive(pid,
+    started_at)`), then the end, so that a runner seen gone has recorded its end already if it ever
+    will. runner.sh renames `pid` and `exit` into place whole; a reservation (`*.tmp`, "pending")
+    never parses as a record. While `exit` is missing and the runner is gone, `exit.tmp` counts if it
+    holds a whole record (the runner could rewrite it but not rename it); while the runner lives it
+    does not (it may be being written). Records of older runners (not padded) read the same.
+    """
+    claim = read("claim")
+    if claim is None:
+        return RunRecord()
+    if claim.strip() == TOMBSTONE:
+        return RunRecord(claimed=True, tombstoned=True)
+    runner_pid = pgid = exit_code = None
+    started_at = ended_at = None
+    with contextlib.suppress(ValueError):
+        if (pid := _fields(read("pid"), 3)) is not None:
+            runner_pid, pgid, started_at = int(pid[0]), int(pid[1]), float(pid[2])
+        elif (by := _fields(claim, 2)) is not None and by[0] == "runner":
+            runner_pid = int(by[1])
+    alive = runner_pid is not None and runner_alive(runner_pid, started_at)
+    end = read("exit")
+    if end is None and not alive:
+        end = read("exit.tmp")
+    with contextlib.suppress(ValueError):
+        if (ended := _fields(end, 2)) is not None:
+            exit_code, ended_at = int(ended[0]), float(ended[1])
+    return RunRecord(claimed=True, runner_pid=runner_pid, pgid=pgid, started_at=started_at,
+                     ended_at=ended_at, exit_code=exit_code, alive=alive)
+
+
 def parse_result(data: bytes, path: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(the JSON object, None) a result file holds, or (None, why it does not hold one)."""
+    """(the JSON object, None) a result file holds, or (None, why it does not hold one).
+
+    An empty file holds nothing, without error: the runner creates it so, private, for the job.
+    """
+    if not data.strip():
+        return None, None
     try:
         value = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

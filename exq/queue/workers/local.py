@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import glob
 import os
 import signal
 import subprocess
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from exq.errors import WorkerError
+from exq.errors import ExqError, WorkerError
 from exq.queue.gpus import GpuProbe, GpuSnapshot
-from exq.queue.workers.base import PEEK_LIMIT, AttemptReport, LaunchRequest, RunRecord, parse_result
+from exq.queue.workers.base import (
+    PEEK_LIMIT,
+    TOMBSTONE,
+    AttemptReport,
+    LaunchRequest,
+    RunRecord,
+    parse_record,
+    parse_result,
+)
 
 RUNNER_PATH = Path(__file__).with_name("runner.sh")
 START_TIMEOUT = 10.0
@@ -27,7 +37,39 @@ POLL_INTERVAL = 0.2
 LOG_TAIL_BYTES = 8192
 CREATE_TIME_SLACK = 2.0
 """A process created this long after the recorded start is not our runner (its pid was reused)."""
-TOMBSTONE = "tombstone"
+
+
+class LaunchRefused(ExqError):
+    """No process can be started with the attempt's command, environment or workdir (a NUL byte, a bad
+    variable name, text that is not encodable, too large): the attempt fails, as a retry would too."""
+
+
+_RUNNER_VARS = {"EXQ_RUNNER_CMD": "the command", "EXQ_RUNNER_SETUP": "the setup",
+                "EXQ_RUNNER_WORKDIR": "the workdir"}
+"""How a message names what reaches the job through these runner variables."""
+
+
+def _unusable(text: str) -> str | None:
+    """Why `text` cannot be an argument or environment entry of a process, else None."""
+    if "\0" in text:
+        return "contains a NUL byte (\\0)"
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        return f"contains {text[exc.start]!r}, which is not encodable"
+    return None
+
+
+def _launch_problem(attempt_dir: Path, env: Mapping[str, str]) -> str | None:
+    """Why the runner cannot be started in `attempt_dir` with `env`, else None."""
+    if (why := _unusable(str(attempt_dir))) is not None:
+        return f"the attempt directory {why}"
+    for name, value in env.items():
+        if not name or "=" in name or _unusable(name) is not None:
+            return f"invalid environment variable name {name!r}"
+        if (why := _unusable(value)) is not None:
+            return f"{_RUNNER_VARS.get(name, f'environment variable {name}')} {why}"
+    return None
 
 
 def _read_text(path: Path) -> str | None:
@@ -35,11 +77,6 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8", errors="replace")
     except (FileNotFoundError, NotADirectoryError):
         return None
-
-
-def _numbers(text: str | None, count: int) -> list[str] | None:
-    fields = (text or "").split()
-    return fields if len(fields) >= count else None
 
 
 def _runner_alive(pid: int, reference: float | None) -> bool:
@@ -56,35 +93,17 @@ def _runner_alive(pid: int, reference: float | None) -> bool:
 
 
 def read_record(attempt_dir: str | Path) -> RunRecord:
-    """Parse claim, pid and exit files of an attempt directory and check the runner's liveness."""
+    """What the attempt directory records now, and whether its runner lives (see `parse_record`)."""
     d = Path(attempt_dir)
-    claim = _read_text(d / "claim")
-    if claim is None:
-        return RunRecord()
-    if claim.strip() == TOMBSTONE:
-        return RunRecord(claimed=True, tombstoned=True)
-    runner_pid = pgid = exit_code = None
-    started_at = ended_at = reference = None
-    try:
-        if (pid_fields := _numbers(_read_text(d / "pid"), 3)) is not None:
-            runner_pid, pgid, started_at = int(pid_fields[0]), int(pid_fields[1]), float(pid_fields[2])
-        elif (claim_fields := _numbers(claim, 2)) is not None and claim_fields[0] == "runner":
-            runner_pid = int(claim_fields[1])
-            reference = (d / "claim").stat().st_mtime
-        if (exit_fields := _numbers(_read_text(d / "exit"), 2)) is not None:
-            exit_code, ended_at = int(exit_fields[0]), float(exit_fields[1])
-    except (ValueError, OSError):
-        pass
-    alive = runner_pid is not None and _runner_alive(runner_pid, started_at or reference)
-    return RunRecord(
-        claimed=True,
-        runner_pid=runner_pid,
-        pgid=pgid,
-        started_at=started_at,
-        ended_at=ended_at,
-        exit_code=exit_code,
-        alive=alive,
-    )
+
+    def runner_alive(pid: int, started_at: float | None) -> bool:
+        reference = started_at
+        if reference is None:  # no pid record yet: the runner wrote its claim just after it started
+            with contextlib.suppress(OSError):
+                reference = (d / "claim").stat().st_mtime
+        return _runner_alive(pid, reference)
+
+    return parse_record(lambda name: _read_text(d / name), runner_alive)
 
 
 def group_alive(pgid: int) -> bool:
@@ -110,7 +129,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _make_dirs(path: Path) -> None:
-    """Create `path` and its missing parents with mode 0700."""
+    """Create `path` and its missing parents with mode 0700 (whatever the umask)."""
     missing = []
     while not path.exists():
         missing.append(path)
@@ -118,6 +137,7 @@ def _make_dirs(path: Path) -> None:
     for p in reversed(missing):
         with contextlib.suppress(FileExistsError):
             p.mkdir(mode=0o700)
+            p.chmod(0o700)
 
 
 def _log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
@@ -209,7 +229,6 @@ class LocalWorker:
 
     async def launch(self, request: LaunchRequest) -> RunRecord:
         d = Path(os.path.abspath(request.attempt_dir))
-        _make_dirs(d)
         env = {**os.environ, **self._probe.job_env, **request.env}
         env.update(
             EXQ_RUNNER_CMD=request.cmd,
@@ -219,6 +238,9 @@ class LocalWorker:
         env.pop("EXQ_RUNNER_SETUP", None)
         if request.setup:
             env["EXQ_RUNNER_SETUP"] = request.setup
+        if (problem := _launch_problem(d, env)) is not None:
+            raise LaunchRefused(problem)
+        _make_dirs(d)
         child = self._spawn(d, env)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
@@ -322,7 +344,12 @@ class LocalWorker:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        except ValueError as exc:  # what _launch_problem did not foresee
+            raise LaunchRefused(f"cannot start the runner for {attempt_dir}: {exc}") from exc
         except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                raise LaunchRefused("the job's command and environment are too large for a process "
+                                    f"(E2BIG: {exc.strerror})") from exc
             raise WorkerError(f"cannot start the runner for {attempt_dir}: {exc}") from exc
         loop = asyncio.get_running_loop()
         child = _Child(proc, loop, loop.create_future())

@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exq.errors import WorkerError
-from exq.queue.workers.base import PEEK_LIMIT, AttemptReport, LaunchRequest, RunRecord, parse_result
-from exq.queue.workers.local import LOG_TAIL_BYTES, START_TIMEOUT, TOMBSTONE
+from exq.queue.workers.base import (
+    PEEK_LIMIT,
+    TOMBSTONE,
+    AttemptReport,
+    LaunchRequest,
+    RunRecord,
+    parse_record,
+    parse_result,
+)
+from exq.queue.workers.local import LOG_TAIL_BYTES, START_TIMEOUT
 
 MARKER = "@@exq"
 RUNNER_NAME = "runner.sh"
@@ -80,8 +88,9 @@ galive() {
     return 1
 }
 """
-# The record of attempt dir $1: claim, pid, whether the runner is alive (checked before reading
-# exit, so that a runner seen dead has its exit file, if any, already written), exit.
+# The record of attempt dir $1 in the order `parse_record` reads it: claim, pid, whether the runner
+# is alive (before the end, so that a runner seen dead has its end, if any, already written), exit,
+# and when that is missing and the runner dead, its reservation exit.tmp.
 _REC = """\
 rec() {
     echo "$M dir"
@@ -91,8 +100,11 @@ rec() {
     if [ -r "$1/pid" ]; then read -r _p _x 2>/dev/null < "$1/pid"
     elif [ -r "$1/claim" ]; then read -r _w _p _x 2>/dev/null < "$1/claim"; [ "$_w" = runner ] || _p=; fi
     case $_p in ''|*[!0-9]*) _p= ;; esac
-    if [ -n "$_p" ] && ralive "$_p" "$1"; then echo "$M alive 1"; else echo "$M alive 0"; fi
+    _a=0
+    if [ -n "$_p" ] && ralive "$_p" "$1"; then _a=1; fi
+    echo "$M alive $_a"
     sec exit "$1/exit"
+    [ "$_a" = 1 ] || [ -e "$1/exit" ] || sec exit.tmp "$1/exit.tmp"
 }
 """
 _RECORD_LIB = _SEC + _RUNNING + _RALIVE + _REC
@@ -109,12 +121,15 @@ sec runner "$x/$3"
 _POLL = """\
 while IFS= read -r d; do rec "$d"; done
 """
+# The runner starts with the login's umask ($u, read before _HEAD's `umask 077`): it gives it to the job.
 _LAUNCH = f"""\
 d=$1; r=$2; shift 2
 mkdir -p -- "$d" || exit 1
 cd / || exit 1
+umask "$u"
 nohup env "$@" setsid sh "$r" "$d" </dev/null >/dev/null 2>&1 &
 c=$!
+umask 077
 i=0
 while [ ! -e "$d/pid" ]; do
     [ "$(cat "$d/claim" 2>/dev/null)" = {TOMBSTONE} ] && break
@@ -183,8 +198,8 @@ done
 """
 
 
-def _command(kind: str, body: str, args: list[str]) -> str:
-    script = _HEAD + body + 'echo "$M end"\nexit 0\n'
+def _command(kind: str, body: str, args: list[str], prelude: str = "") -> str:
+    script = prelude + _HEAD + body + 'echo "$M end"\nexit 0\n'
     command = " ".join(["sh -c", shlex.quote(script), f"exq-{kind}", *(shlex.quote(a) for a in args)])
     if len(command.encode()) > MAX_COMMAND_BYTES:
         raise WorkerError(f"{kind} command too long ({len(command.encode())} bytes > {MAX_COMMAND_BYTES})")
@@ -216,7 +231,8 @@ def launch_command(runner: str, request: LaunchRequest, grace: float) -> str:
         if "\0" in value:
             raise WorkerError(f"environment variable {name} holds a NUL character")
     assignments = [f"{name}={value}" for name, value in env.items()]
-    return _command("launch", _NAP + _RECORD_LIB + _LAUNCH, [request.attempt_dir, runner, *assignments])
+    return _command("launch", _NAP + _RECORD_LIB + _LAUNCH, [request.attempt_dir, runner, *assignments],
+                    prelude="u=$(umask)\n")
 
 
 def kill_command(attempt_dir: str, grace: float) -> str:
@@ -291,33 +307,16 @@ def _files(frames: list[Frame]) -> dict[str, bytes | None]:
             for f in frames if f.kind in ("hex", "none", "unreadable")}
 
 
-def _fields(data: bytes | None, count: int) -> list[str] | None:
-    fields = (data or b"").decode(errors="replace").split()
-    return fields if len(fields) >= count else None
-
-
 def _record(frames: list[Frame]) -> RunRecord:
-    """A RunRecord from one `rec` block (claim, pid, alive, exit), read as LocalWorker reads files."""
+    """A RunRecord from one `rec` block (claim, pid, alive, exit[, exit.tmp]): `parse_record`, as locally."""
     files = _files(frames)
-    claim = files.get("claim")
-    if claim is None:
-        return RunRecord()
-    if claim.decode(errors="replace").strip() == TOMBSTONE:
-        return RunRecord(claimed=True, tombstoned=True)
-    runner_pid = pgid = exit_code = None
-    started_at = ended_at = None
-    try:
-        if (pid := _fields(files.get("pid"), 3)) is not None:
-            runner_pid, pgid, started_at = int(pid[0]), int(pid[1]), float(pid[2])
-        elif (by := _fields(claim, 2)) is not None and by[0] == "runner":
-            runner_pid = int(by[1])
-        if (ended := _fields(files.get("exit"), 2)) is not None:
-            exit_code, ended_at = int(ended[0]), float(ended[1])
-    except ValueError:
-        pass
     alive = any(f.kind == "alive" and f.arg == "1" for f in frames)
-    return RunRecord(claimed=True, runner_pid=runner_pid, pgid=pgid, started_at=started_at,
-                     ended_at=ended_at, exit_code=exit_code, alive=alive)
+
+    def read(name: str) -> str | None:
+        data = files.get(name)
+        return None if data is None else data.decode(errors="replace")
+
+    return parse_record(read, lambda _pid, _started_at: alive)
 
 
 def _blocks(frames: list[Frame]) -> list[list[Frame]]:

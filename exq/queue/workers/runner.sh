@@ -11,11 +11,21 @@
 #   EXQ_RUNNER_SETUP    optional shell prefix, run in the workdir before the command
 #   EXQ_RUNNER_GRACE    seconds between SIGTERM and SIGKILL when cleaning up (default 10)
 #
-# Files in ATTEMPT_DIR:
-#   claim  exclusive create; "runner PID" here, "tombstone" when exq cancelled the attempt first
-#   pid    "RUNNER_PID PGID START_EPOCH"   (written atomically once the job's group exists)
-#   exit   "EXIT_STATUS END_EPOCH"        (written atomically; 128+N when killed by signal N)
-#   log    the job's stdout and stderr, appended
+# Files in ATTEMPT_DIR, all 0600 (the runner's umask is 077; the job gets the umask the runner had):
+#   claim        exclusive create; "runner PID" here, "tombstone" when exq cancelled the attempt first
+#   pid          "RUNNER_PID PGID START_EPOCH"   (once the job's group exists)
+#   exit         "EXIT_STATUS END_EPOCH"        (128+N when killed by signal N)
+#   log          the job's stdout and stderr, appended
+#   result.json  created empty when $EXQ_RESULT_FILE names it (the job writes its metrics there)
+#
+# A full disk: pid and exit are reserved when the attempt is claimed (RECORD.tmp, 64 bytes saying
+# "pending"). Recording overwrites those bytes in place with the record padded to the same width (no
+# new block), then renames RECORD.tmp to RECORD (no data block either), so RECORD appears whole or not
+# at all; the placeholder never parses as a record. An exit.tmp holding a whole record counts once the
+# runner is gone (it could rewrite it but not rename it). If even the rewrite fails (a copy-on-write
+# filesystem, an I/O error), the runner stays, so the attempt looks running rather than vanished, and
+# tries again every second for up to an hour, noting it in the log. The claim's exclusive create needs
+# no data block, its text and the reservations do: without room for them the job is not started.
 #
 # The job runs in its own session and process group (PGID = its pid): the runner is in the
 # runner's own process group and a background child of a non-interactive shell is never a group
@@ -24,6 +34,8 @@
 dir=${1:?usage: runner.sh ATTEMPT_DIR}
 grace=${EXQ_RUNNER_GRACE:-10}
 set +m 2>/dev/null
+job_umask=$(umask)
+umask 077
 
 now() {
     t=$(date +%s.%N 2>/dev/null)
@@ -33,10 +45,33 @@ now() {
     esac
 }
 
-# Atomically write "$2" to file "$1" in the attempt directory.
-record() {
-    printf '%s\n' "$2" > "$dir/$1.tmp" && mv -f "$dir/$1.tmp" "$dir/$1"
+# Reserve record $1: its placeholder, as wide as any record, in $1.tmp.
+reserve() {
+    printf '%-63s\n' pending > "$dir/$1.tmp"
 }
+
+# Write "$2" over the reservation of record $1, in place (`<>` does not truncate).
+rewrite() {
+    printf '%-63s\n' "$2" 1<> "$dir/$1.tmp"
+}
+
+# Record "$2" as $1: rewrite its reservation, then rename it into place.
+record() {
+    rewrite "$1" "$2" && mv -f "$dir/$1.tmp" "$dir/$1"
+}
+
+# Record the job's end ($ended); true once exit, or exit.tmp if the rename failed, holds it whole.
+record_end() {
+    rewrite exit "$ended" || return 1
+    mv -f "$dir/exit.tmp" "$dir/exit" || note "could not rename $dir/exit.tmp (it holds the exit status)"
+    return 0
+} 2>/dev/null
+
+# Append a line to the log, and say it on stderr (either may fail on a full disk).
+note() {
+    echo "exq runner: $1" >&2
+    echo "exq runner: $1" >> "$dir/log"
+} 2>/dev/null
 
 # True while process group $1 has a process that is not a zombie (zombies of an orphaned job
 # process may linger where init does not reap them).
@@ -64,11 +99,20 @@ zombie() {
     [ "$1" = Z ]
 }
 
-# 1. Claim the attempt; a tombstone (or another runner) that claimed it first means: do nothing.
-if ! (set -C; echo "runner $$" > "$dir/claim") 2>/dev/null; then
+# 1. Claim the attempt (an exclusive create: it needs no data block); a tombstone (or another runner)
+# that claimed it first means: do nothing. Then write the claim and reserve the records; without room
+# for them the job is not started (the daemon sees a runner that ended before starting it).
+if ! (set -C; : > "$dir/claim") 2>/dev/null; then
     [ -e "$dir/claim" ] && exit 0
     echo "exq runner: cannot create $dir/claim" >&2
     exit 2
+fi
+result=
+case ${EXQ_RESULT_FILE:-} in "$dir"/*) result=$EXQ_RESULT_FILE ;; esac
+if ! { echo "runner $$" > "$dir/claim" && reserve pid && reserve exit &&
+       { [ -z "$result" ] || [ -e "$result" ] || : > "$result"; }; } 2>/dev/null; then
+    note "cannot write the attempt's records in $dir (disk full?): the job was not started"
+    exit 3
 fi
 
 # Hangups and interrupts must not end the runner. They are caught (not ignored) until the job is
@@ -96,6 +140,7 @@ if env --default-signal true >/dev/null 2>&1; then
 fi
 start=$(now)
 setsid $dflt sh -c '
+    [ -z "$1" ] || umask "$1" || exit
     cd "$EXQ_RUNNER_WORKDIR" || exit
     if [ -n "${EXQ_RUNNER_SETUP:-}" ]; then
         command -v source >/dev/null 2>&1 || source() { . "$@"; }
@@ -104,7 +149,7 @@ setsid $dflt sh -c '
     cmd=$EXQ_RUNNER_CMD
     unset EXQ_RUNNER_CMD EXQ_RUNNER_SETUP EXQ_RUNNER_WORKDIR EXQ_RUNNER_GRACE
     exec sh -c "$cmd"
-' exq-job < /dev/null >> "$dir/log" 2>&1 &
+' exq-job "$job_umask" < /dev/null >> "$dir/log" 2>&1 &
 job=$!
 trap '' HUP INT
 
@@ -117,8 +162,14 @@ while ! kill -0 "-$job" 2>/dev/null && kill -0 "$job" 2>/dev/null && ! zombie "$
 done
 [ "$i" -lt 200 ] || echo "exq runner: warning: process group $job of the job not found" >> "$dir/log"
 
-# 3. Record runner pid, job pgid and start time.
-record pid "$$ $job $start"
+# 3. Record runner pid, job pgid and start time. Without that record nobody could find the job:
+# stop it at once (the daemon sees a runner that ended before starting the job).
+if ! record pid "$$ $job $start" 2>/dev/null; then
+    note "cannot record the pid in $dir: stopping the job"
+    kill -KILL "-$job" 2>/dev/null || kill -KILL "$job" 2>/dev/null
+    wait "$job"
+    exit 3
+fi
 [ -z "$term_pending" ] || kill -TERM "-$job" 2>/dev/null || kill -TERM "$job" 2>/dev/null
 
 # 4. Wait for the job. A trapped signal interrupts wait (status > 128): wait again. If the job had
@@ -137,8 +188,14 @@ while :; do
     prev=$status
 done
 
-# 5. Record the exit status.
-record exit "$status $(now)"
+# 5. Record the exit status (see the top for what happens when that fails).
+ended="$status $(now)"
+recorded=
+if record_end; then
+    recorded=1
+else
+    note "could not record exit status $status in $dir (disk full?): trying again every second"
+fi
 
 # 6. Clean up what the job left in its process group: SIGTERM, up to $grace seconds, SIGKILL.
 if group_alive "$job"; then
@@ -165,4 +222,16 @@ if group_alive "$job"; then
         done
     fi
 fi
+
+# 7. An end not recorded yet: try again (bounded: an hour); meanwhile the runner looks alive.
+i=0
+while [ -z "$recorded" ] && [ "$i" -lt 3600 ]; do
+    nap 1
+    i=$((i + 1))
+    if record_end; then
+        recorded=1
+        note "recorded exit status $status ${i}s late: there was no room for it (disk full?)"
+    fi
+done
+[ -n "$recorded" ] || note "gave up recording exit status $status in $dir"
 exit 0

@@ -26,7 +26,7 @@ from exq.queue.gpus.nvidia_smi import PROBE_COMMAND, parse_probe_output
 from exq.queue.workers import remote, sshconn
 from exq.queue.workers.base import AttemptReport, LaunchRequest, RunRecord
 from exq.queue.workers.local import RUNNER_PATH, START_TIMEOUT
-from exq.queue.workers.sshconn import HostUnreachableError, connect, describe
+from exq.queue.workers.sshconn import HostUnreachableError, connect, describe, failure_kind
 from exq.queue.workers.sync import sync_tree
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ COMMAND_TIMEOUT = 30.0
 PROBE_TIMEOUT = 60.0
 MAX_CHANNELS = 8
 """Commands in flight on one connection (OpenSSH's MaxSessions defaults to 10)."""
+NETWORK_BACKOFF_MAX = 2.0
+"""Seconds between reconnects at most while the host cannot be reached at all (refused, timeout, no route):
+trying costs it nothing, and a host that answers again is seen within seconds, so the copies of jobs moved
+off it are killed soon (the longer backoff, up to backoff_max, is for hosts that answer but refuse exq)."""
+_NETWORK_FAILURES = ("refused", "timeout", "unreachable", "dns")
 
 
 @dataclass(frozen=True)
@@ -128,13 +133,19 @@ class SshWorker:
             except WorkerError as exc:
                 self._last_error = exc
                 self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, self.backoff_max)
+                self._backoff = min(self._backoff * 2, self._backoff_cap(exc))
                 self._set_health(False, str(exc))
                 raise
             self._conn, self._client, self._last_error = conn, client, None
             self._backoff = self.backoff_initial
             self._set_health(True, None)
             return conn
+
+    def _backoff_cap(self, exc: WorkerError) -> float:
+        """The longest wait before the next connect after `exc` (see NETWORK_BACKOFF_MAX)."""
+        if failure_kind(exc) in _NETWORK_FAILURES:
+            return min(self.backoff_max, NETWORK_BACKOFF_MAX)
+        return self.backoff_max
 
     async def _open(self) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """Connect, then set the exq dir up; close the connection again if the setup fails."""

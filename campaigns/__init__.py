@@ -1,0 +1,1 @@
+"""Fault campaigns: each runs one fault for real against the exq CLI and prints figures (see README.md)."""
