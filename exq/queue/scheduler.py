@@ -143,9 +143,9 @@ class Scheduler:
         await self._collect_probes()
         while not await self._recovered() and not self._draining:
             await asyncio.sleep(self.config.write_retry)
-        for host in self.workers:
+        for host in self.workers:  # the loop starts while they are checked
             if self._hosts.is_up(host):
-                await self._kill_superseded(host)
+                self._check_superseded(host)
         try:
             while not self._draining:
                 try:
@@ -719,10 +719,6 @@ class Scheduler:
         log.warning("host %s answers again; re-attaching %d job(s)", host, len(keys))
         if keys:
             self._emit(HostUp(at=time.time(), host=host, keys=keys))
-        self._check_superseded(host)
-
-    async def _kill_superseded(self, host: str) -> None:
-        """At start-up: start checking `host` (see `_check_superseded`); the loop starts meanwhile."""
         self._check_superseded(host)
 
     def _check_superseded(self, host: str) -> None:
