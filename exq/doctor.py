@@ -187,7 +187,7 @@ def check_state_files(paths: api.StatePaths) -> Check:
     """queue_state.json and journal.jsonl are not readable by other users."""
     exposed: list[str] = []
     shared: list[str] = []
-    files = [p for p in (paths.snapshot, paths.journal) if p.is_file()]
+    files = [p for p in (paths.snapshot, paths.journal, paths.journal_copy) if p.is_file()]
     for path in files:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o007:

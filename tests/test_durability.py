@@ -150,11 +150,12 @@ def test_a_corrupt_journal_line_is_refused_alike_by_readers_and_the_daemon(
 ) -> None:
     paths = StatePaths(exq.state_dir)
     _state_with_a_compacted_journal(paths, monkeypatch)
-    with paths.journal.open("ab") as journal:
-        journal.write(launched("1/j2").model_copy(update={"seq": 4}).model_dump_json().encode() + b"\n")
-    lines = paths.journal.read_bytes().splitlines(keepends=True)
-    lines[0] = b'{"seq": 3, "type": "launch' + b"\xff" * 10 + b"\n"
-    paths.journal.write_bytes(b"".join(lines))
+    for path in (paths.journal, paths.journal_copy):  # both copies: one alone would stand in for the other
+        with path.open("ab") as journal:
+            journal.write(launched("1/j2").model_copy(update={"seq": 4}).model_dump_json().encode() + b"\n")
+        lines = path.read_bytes().splitlines(keepends=True)
+        lines[0] = b'{"seq": 3, "type": "launch' + b"\xff" * 10 + b"\n"
+        path.write_bytes(b"".join(lines))
 
     for args in (["status"], ["status", "--json"]):
         proc = exq(*args, check=False)
@@ -287,17 +288,44 @@ def test_an_intake_file_of_another_user_is_moved_aside_and_never_run(exq: Exq, t
     assert not pwned.exists()
 
 
+def _cut(path: Path, damage: str) -> None:
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])
+    else:
+        _garble(path)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "garbled"])
+def test_one_damaged_journal_loses_nothing_its_copy_stands_in(exq: Exq, damage: str) -> None:
+    paths = StatePaths(exq.state_dir)
+    store = Store(paths, min_snapshot_interval=3600).open()
+    store.commit([submitted("1", 3)])
+    store.commit([launched("1/j0")])
+    store.commit([launched("1/j1")])  # journaled only: the snapshot is rate-limited
+    store._lock.release()  # killed
+    _cut(paths.journal, damage)
+    expected = {"j0": "running", "j1": "running", "j2": "queued"}
+    for args in (["status", "--json"], ["status"]):
+        proc = exq(*args, check=False)
+        assert proc.returncode == 0 and "journal.copy.jsonl" in proc.stderr and "Traceback" not in proc.stderr, proc
+    assert _statuses(exq("status", "--json").stdout) == expected
+    store = Store(paths).open()
+    assert {j.id: j.status.value for j in store.state.jobs} == expected
+    store.close()
+    assert exq("status").stderr == ""  # the daemon started a new generation, both journals whole again
+
+
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_a_journal_cut_short_is_reported_by_readers_and_the_daemon(exq: Exq, damage: str) -> None:
+def test_both_journals_cut_short_is_reported_by_readers_and_the_daemon(exq: Exq, damage: str) -> None:
     paths = StatePaths(exq.state_dir)
     store = Store(paths, min_snapshot_interval=3600).open()  # a new generation: .old at seq 0
     store.commit([submitted("1", 3)])
     store.commit([launched("1/j0")])
     store.close()  # queue_state.json at seq 2
-    if damage == "deleted":
-        paths.journal.unlink()
-    else:
-        paths.journal.write_bytes(paths.journal.read_bytes().splitlines(keepends=True)[0])
+    for path in (paths.journal, paths.journal_copy):
+        _cut(path, damage)
     for args in (["status"], ["status", "--json"]):
         proc = exq(*args, check=False)
         assert proc.returncode == 0 and "before event 2 that" in proc.stderr and "cut short" in proc.stderr, proc

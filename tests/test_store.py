@@ -78,9 +78,10 @@ def test_corrupt_event_in_the_middle_is_an_error(tmp_path: Path) -> None:
     store = Store(paths).open()
     store.commit([submitted("1", 1)])
     store._lock.release()
-    with paths.journal.open("ab") as handle:
-        handle.write(b"garbage\n")
-        handle.write(launched("1/j0").model_copy(update={"seq": 3}).model_dump_json().encode() + b"\n")
+    for journal in (paths.journal, paths.journal_copy):  # both copies: one alone would stand in for the other
+        with journal.open("ab") as handle:
+            handle.write(b"garbage\n")
+            handle.write(launched("1/j0").model_copy(update={"seq": 3}).model_dump_json().encode() + b"\n")
     with pytest.raises(StateError, match="corrupt event"):
         Store(paths).open()
 

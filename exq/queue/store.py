@@ -4,6 +4,7 @@ Layout (dirs 0700, files 0600, all owned by the daemon's user; exq refuses anyth
   queue_state.json      the whole state, replaced atomically at a bounded rate (what people and agents read)
   queue_state.json.old  the previous generation: the snapshot the journal starts from (as Slurm keeps .old)
   journal.jsonl         every event since that snapshot, appended and fsynced before it takes effect
+  journal.copy.jsonl    the same events, written and fsynced after journal.jsonl: one damaged journal loses nothing
   daemon.lock           held by the one process that writes (daemon or `exq run`)
   intake/               submissions waiting to be ingested (`exq submit` writes one file each)
   control/              requests (cancel, retry, pause, resume) waiting for the writer
@@ -52,6 +53,7 @@ log = logging.getLogger("exq.store")
 SNAPSHOT = "queue_state.json"
 SNAPSHOT_OLD = "queue_state.json.old"
 JOURNAL = "journal.jsonl"
+JOURNAL_COPY = "journal.copy.jsonl"
 LOCK = "daemon.lock"
 COMPACT_JOURNAL_BYTES = 1024 * 1024
 """After a snapshot, a journal larger than this starts anew (the snapshot, kept as .old, covers all of it)."""
@@ -75,6 +77,7 @@ class StatePaths:
         self.snapshot = self.root / SNAPSHOT
         self.snapshot_old = self.root / SNAPSHOT_OLD
         self.journal = self.root / JOURNAL
+        self.journal_copy = self.root / JOURNAL_COPY
         self.lock = self.root / LOCK
         self.intake = self.root / "intake"
         self.control = self.root / "control"
@@ -96,7 +99,8 @@ class StatePaths:
         check_ancestors(self.root)
         for directory in (self.root, self.intake, self.control, self.jobs, self.hooks):
             check_owned(directory, directory=True)
-        for path in (self.snapshot, self.snapshot_old, self.journal, self.lock, self.intake / COUNTER_FILE):
+        for path in (self.snapshot, self.snapshot_old, self.journal, self.journal_copy, self.lock,
+                     self.intake / COUNTER_FILE):
             check_owned(path)
         return self
 
@@ -119,7 +123,7 @@ def read_state(paths: StatePaths) -> QueueState:
     covering it is in place, so a snapshot read later covers whatever the journal read missed.
     """
     paths.check()
-    recovered = _recover(paths, _read_bytes(paths.journal))
+    recovered = _recover(paths, _read_journals(paths))
     for problem in recovered.problems:
         log.warning("%s", problem)
     return recovered.ledger.state
@@ -128,11 +132,14 @@ def read_state(paths: StatePaths) -> QueueState:
 def current_snapshot(paths: StatePaths) -> bytes | None:
     """queue_state.json's bytes when they are whole and hold every journaled event; else None."""
     paths.check()
-    journal = _read_bytes(paths.journal)
+    path, journal = _read_journals(paths)[0]
     data = _read_bytes(paths.snapshot)
     seq = _snapshot_seq(data[:200])
-    if seq is None or any(event is not None for event, _ in _scan_journal(journal, paths.journal, seq)):
-        return None
+    try:
+        if seq is None or any(event is not None for event, _ in _scan_journal(journal, path, seq)):
+            return None
+    except StateError:
+        return None  # a damaged journal: read_state recovers from its copy, or says why it cannot
     if _journal_cut_short(paths, journal, seq) is not None:
         return None  # read_state says so
     try:
@@ -166,9 +173,7 @@ class Store:
         self._last_snapshot = 0.0
         self._dirty = False
         self.ledger = Ledger()
-        self._journal: int | None = None
-        self._journal_size = 0
-        """Bytes of whole events in the journal: a failed append is cut back to this."""
+        self._journals = (_Journal(paths.journal), _Journal(paths.journal_copy))
         self._new_generation = True
         """The next snapshot also becomes queue_state.json.old, with an empty journal after it (set at open)."""
 
@@ -183,9 +188,12 @@ class Store:
         except OSError as exc:
             raise write_error(self.paths.lock, exc) from None
         try:
-            recovered = _recover(self.paths, _read_bytes(self.paths.journal))
+            copies = _read_journals(self.paths)
+            recovered = _recover(self.paths, copies)
             self.ledger = recovered.ledger
-            self._open_journal(truncate_at=recovered.valid_bytes)
+            whole = recovered.journal[:recovered.valid_bytes]
+            for journal in self._journals:  # both as the copy the state came from (a torn last line dropped)
+                journal.open(whole, dict(copies)[journal.path])
             for problem in recovered.problems:
                 log.warning("%s", problem)
             self._rebuild_snapshot(recovered)
@@ -196,13 +204,13 @@ class Store:
 
     def close(self) -> None:
         """Write a final snapshot (if anything changed since the last) and release the lock."""
-        if self._journal is not None:
+        if self._journals[0].fd is not None:
             try:
                 self.snapshot(force=True)
             except WriteError as exc:  # the journal holds every event: the next start rebuilds the snapshot
                 log.warning("final snapshot not written: %s", exc)
-            os.close(self._journal)
-            self._journal = None
+            for journal in self._journals:
+                journal.close()
         if self._lock.is_locked:
             self._lock.release()
 
@@ -216,7 +224,7 @@ class Store:
         If the append cannot complete (disk full, I/O error), the journal is cut back to its last whole
         event, nothing is applied and WriteError is raised: the caller may try the same events again.
         """
-        if self._journal is None:
+        if self._journals[0].fd is None:
             raise StateError("store is not open")
         seq = self.ledger.state.seq
         numbered: list[Event] = []
@@ -248,7 +256,7 @@ class Store:
         # Keep snapshot writing under ~20% of the time however large the queue grows.
         self._interval = max(self._min_interval, took * 5)
         self._last_snapshot, self._dirty = time.monotonic(), False
-        if self._journal_size > COMPACT_JOURNAL_BYTES or self._new_generation:
+        if self._journals[0].size > COMPACT_JOURNAL_BYTES or self._new_generation:
             self._compact_journal(data)
         return True
 
@@ -262,28 +270,16 @@ class Store:
         return max(0.0, self._interval - (time.monotonic() - self._last_snapshot))
 
     def _append(self, payload: bytes) -> None:
-        """Append whole events and fsync; on any failure leave the journal as it was."""
-        assert self._journal is not None
-        try:
-            if os.fstat(self._journal).st_size != self._journal_size:
-                os.ftruncate(self._journal, self._journal_size)  # a failed append left part of a line
-            write_all(self._journal, payload)
-            os.fsync(self._journal)
-        except OSError as exc:
-            with contextlib.suppress(OSError):  # else: cut back before the next append
-                os.ftruncate(self._journal, self._journal_size)
-            raise write_error(self.paths.journal, exc) from None
-        self._journal_size += len(payload)
-
-    def _open_journal(self, truncate_at: int) -> None:
-        try:
-            fd = os.open(self.paths.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
-            if os.fstat(fd).st_size != truncate_at:
-                os.ftruncate(fd, truncate_at)  # drop a torn last line
-                os.fsync(fd)
-        except OSError as exc:
-            raise write_error(self.paths.journal, exc) from None
-        self._journal, self._journal_size = fd, truncate_at
+        """Append whole events to both journals, each fsynced; on any failure leave both as they were."""
+        for journal in self._journals:
+            try:
+                journal.append(payload)
+            except OSError as exc:
+                for each in self._journals:
+                    each.cut_back()
+                raise write_error(journal.path, exc) from None
+        for journal in self._journals:
+            journal.size += len(payload)
 
     def _compact_journal(self, snapshot: bytes) -> None:
         """The snapshot just written covers every event: keep a copy of it as the previous generation, then
@@ -293,21 +289,9 @@ class Store:
         damaging queue_state.json loses nothing. It is a copy, not a hard link: damage done to one file
         in place must not reach the other.
         """
-        assert self._journal is not None
-        root = self.paths.root
         atomic_write(self.paths.snapshot_old, snapshot)
-        try:
-            tmp = root / f".{JOURNAL}.new"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-            os.fsync(fd)
-            os.close(fd)
-            os.replace(tmp, self.paths.journal)
-            fsync_dir(root)
-        except OSError as exc:
-            raise write_error(self.paths.journal, exc) from None
-        os.close(self._journal)
-        self._journal = None
-        self._open_journal(truncate_at=0)
+        for journal in self._journals:
+            journal.reset()
         self._new_generation = False
 
     def _rebuild_snapshot(self, recovered: _Recovered) -> None:
@@ -326,44 +310,138 @@ class Store:
             log.warning("%s", exc)
 
 
+class _Journal:
+    """One journal file open for appending, with the size of its whole events (a failed append is cut back to it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.size = 0
+
+    def open(self, whole: bytes, found: bytes) -> None:
+        """Open it holding exactly `whole`: cut back to it, or rewritten when what was `found` differs."""
+        try:
+            if found[:len(whole)] != whole:
+                atomic_write(self.path, whole)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+            if os.fstat(fd).st_size != len(whole):
+                os.ftruncate(fd, len(whole))  # drop a torn last line
+                os.fsync(fd)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        self.fd, self.size = fd, len(whole)
+
+    def append(self, payload: bytes) -> None:
+        """Write and fsync `payload` after the whole events (raises OSError; `size` is not advanced)."""
+        assert self.fd is not None
+        if os.fstat(self.fd).st_size != self.size:
+            os.ftruncate(self.fd, self.size)  # a failed append left part of a line
+        write_all(self.fd, payload)
+        os.fsync(self.fd)
+
+    def cut_back(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # else: cut back before the next append
+                os.ftruncate(self.fd, self.size)
+
+    def reset(self) -> None:
+        """Replace it with an empty journal (the snapshot just kept as .old covers every event)."""
+        tmp = self.path.with_name(f".{self.path.name}.new")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+            os.fsync(fd)
+            os.close(fd)
+            os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        self.close()
+        self.open(b"", b"")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 @dataclass
 class _Recovered:
     ledger: Ledger
+    journal: bytes
+    """The journal copy it was replayed from."""
     valid_bytes: int
-    """Where the last whole event of the journal ends."""
+    """Where the last whole event of that journal ends."""
     base: Path | None
     """The snapshot it started from (None: an empty state)."""
     problems: list[str] = field(default_factory=list)
     """Why the snapshots before `base` could not be used."""
 
 
-def _recover(paths: StatePaths, journal: bytes) -> _Recovered:
-    """The state from the newest usable snapshot plus the journal; StateError when no base leads to a whole state."""
+def _recover(paths: StatePaths, journals: list[tuple[Path, bytes]]) -> _Recovered:
+    """The state from the newest usable snapshot plus a journal; StateError when none leads to a whole state.
+
+    `journals` are the two copies, the one reaching furthest first: when it is damaged, the other serves.
+    """
     problems: list[str] = []
     for base in (paths.snapshot, paths.snapshot_old, None):
         try:
-            state = QueueState() if base is None else _load_snapshot(base)
+            replayed = _replay_either(paths, base, journals)
         except FileNotFoundError:
             if base == paths.snapshot and paths.snapshot_old.exists():
                 problems.append(f"{base} is missing")
             continue
-        except _Unreadable as exc:
+        except (_Unreadable, _Gap) as exc:
             problems.append(str(exc))
             continue
-        ledger = Ledger(state)
-        try:
-            valid_bytes = _replay(ledger, journal, paths.journal)
-        except _Gap as exc:
-            problems.append(str(exc))
-            continue
+        ledger, (path, journal), valid_bytes, damaged = replayed
+        problems.extend(damaged)
         if problems:
-            problems.append(f"recovered the state from {base or 'an empty state'} and {paths.journal}")
-        elif base == paths.snapshot and (cut := _journal_cut_short(paths, journal, state.seq)) is not None:
+            problems.append(f"recovered the state from {base or 'an empty state'} and {path}")
+        elif base == paths.snapshot and (cut := _journal_cut_short(paths, journal, ledger.state.seq)) is not None:
             problems.append(cut)
-        return _Recovered(ledger, valid_bytes, base, problems)
+        return _Recovered(ledger, journal, valid_bytes, base, problems)
     raise StateError(
         "; ".join(problems) + f". No snapshot plus {paths.journal} gives the whole state, so exq will not "
         f"guess: restore {paths.snapshot} (or {paths.snapshot_old}) from a backup")
+
+
+def _replay_either(
+    paths: StatePaths, base: Path | None, journals: list[tuple[Path, bytes]]
+) -> tuple[Ledger, tuple[Path, bytes], int, list[str]]:
+    """`base` plus the first journal copy that replays whole; the copies passed over, in words.
+
+    Raises what the first copy raised when none replays (StateError for a corrupt event, _Gap), and
+    FileNotFoundError / _Unreadable for an unusable `base`.
+    """
+    failures: list[Exception] = []
+    for path, journal in journals:
+        ledger = Ledger(QueueState() if base is None else _load_snapshot(base))
+        try:
+            valid_bytes = _replay(ledger, journal, path)
+        except (StateError, _Gap) as exc:
+            failures.append(exc)
+            continue
+        primary_short = path != paths.journal and _last_seq(journal) != _last_seq(dict(journals)[paths.journal])
+        damaged = [exc.where if isinstance(exc, _CorruptEvent) else str(exc) for exc in failures]
+        if primary_short and not failures:
+            damaged.append(f"{paths.journal} holds fewer events than {path}: it was cut short or replaced")
+        return ledger, (path, journal), valid_bytes, damaged
+    raise failures[0]
+
+
+def _read_journals(paths: StatePaths) -> list[tuple[Path, bytes]]:
+    """Both journal copies (a missing one is empty), the one reaching the furthest event first."""
+    copies = [(paths.journal, _read_bytes(paths.journal)), (paths.journal_copy, _read_bytes(paths.journal_copy))]
+    return sorted(copies, key=lambda copy: -(_last_seq(copy[1]) or 0))
+
+
+def _last_seq(journal: bytes) -> int | None:
+    """The seq of the journal's last whole line, read without parsing it."""
+    end = journal.rfind(b"\n")
+    if end < 0:
+        return None
+    last = _SEQ_RE.match(journal[journal.rfind(b"\n", 0, end) + 1:end])
+    return int(last.group(1)) if last else None
 
 
 def _replay(ledger: Ledger, journal: bytes, path: Path) -> int:
@@ -392,14 +470,23 @@ def _journal_cut_short(paths: StatePaths, journal: bytes, snapshot_seq: int) -> 
     old_seq = _snapshot_seq(_read_bytes(paths.snapshot_old, 200))
     if old_seq is None or old_seq >= snapshot_seq:
         return None
-    end = journal.rfind(b"\n")
-    last = _SEQ_RE.match(journal[journal.rfind(b"\n", 0, end) + 1:end]) if end >= 0 else None
-    last_seq = int(last.group(1)) if last else old_seq
+    last_seq = _last_seq(journal) or old_seq
     if last_seq >= snapshot_seq:
         return None
     return (f"{paths.journal} ends at event {last_seq}, before event {snapshot_seq} that {paths.snapshot} holds: it "
             f"was cut short, deleted or replaced. The state is the snapshot's; changes recorded after it, if any, "
             f"are lost")
+
+
+class _CorruptEvent(StateError):
+    """A garbled line inside a journal copy: the events after it depend on it, so it is never skipped."""
+
+    def __init__(self, where: str, path: Path) -> None:
+        super().__init__(
+            f"{where}, and {JOURNAL_COPY} cannot stand in for it. The events after it depend on it, so exq will not "
+            f"skip it: restore the journal from a backup, or move both journals aside to start again from "
+            f"{path.with_name(SNAPSHOT)} (losing the events it does not hold)")
+        self.where = where
 
 
 class _Unreadable(Exception):
@@ -472,9 +559,7 @@ def _scan_journal(data: bytes, path: Path, after: int) -> Iterable[tuple[Event |
             if newline + 1 >= len(data):
                 return
             lines = data.count(b"\n", 0, offset) + 1
-            raise StateError(
-                f"{path}: corrupt event at byte {offset} (line {lines}): {exc.errors()[0]['msg']}. The events after "
-                f"it depend on it, so exq will not skip it: restore the journal from a backup, or move it aside to "
-                f"start again from {path.with_name(SNAPSHOT)} (losing the events it does not hold)") from None
+            raise _CorruptEvent(f"{path}: corrupt event at byte {offset} (line {lines}): {exc.errors()[0]['msg']}",
+                                path) from None
         offset = newline + 1
         yield event, offset
