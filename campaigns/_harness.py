@@ -582,7 +582,7 @@ def start_ssh_hosts(c: Campaign, specs: list[tuple[str, str]], *, lost_timeout: 
     """Real sshd test hosts (tests/sshhosts.py, closed with the campaign), and EXQ_CONFIG naming them.
 
     Raises SystemExit(2) with the reason when they cannot run here (not root, no sshd)."""
-    from sshhosts import skip_reason, start_hosts
+    from sshhosts import skip_reason, start_hosts, write_hosts_config
 
     if (reason := skip_reason()) is not None:
         print(f"{c.name}: {reason}", file=sys.stderr)
@@ -593,20 +593,8 @@ def start_ssh_hosts(c: Campaign, specs: list[tuple[str, str]], *, lost_timeout: 
     return hosts
 
 
-def write_hosts_config(path: Path, hosts: Any, *, lost_timeout: str = "60s", local: bool = True) -> Path:
-    """An exq hosts config for the SSH test hosts of tests/sshhosts.py (fast keepalive)."""
-    lines = ["hosts:"]
-    for host in hosts:
-        lines.append(f"  {host.name}: {{address: {host.name}, ssh_config: {hosts.client_config}, "
-                     f"lost_timeout: {lost_timeout}, keepalive: 0.5s, keepalive_count: 2, connect_timeout: 5s}}")
-    if not local:
-        lines.append("  local: {enabled: false}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 __all__ = [
     "FINISHED", "GPUS", "REPO", "TRACEBACK", "Campaign", "Daemon", "Figures", "Result", "SnapshotPoller",
     "kill_job_groups", "last_line", "manifest_yaml", "needs_root", "parser",
-    "read_json", "run_main", "start_ssh_hosts", "table", "write_hosts_config",
+    "read_json", "run_main", "start_ssh_hosts", "table",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,6 +120,16 @@ def exq(tmp_path: Path) -> Iterator[Exq]:
     yield runner
     runner.stop_all()
     _kill_leftover_jobs(runner.state_dir)
+
+
+@pytest.fixture
+def pgids() -> Iterator[list[int]]:
+    """Process groups to SIGKILL after the test, whatever happened."""
+    groups: list[int] = []
+    yield groups
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def _kill_leftover_jobs(state_dir: Path) -> None:

@@ -401,3 +401,15 @@ def ssh_hosts(tmp_path: Path) -> Iterator[Callable[..., SshHosts]]:
     yield start
     for hosts in started:
         hosts.close()
+
+
+def write_hosts_config(path: Path, hosts: SshHosts, *, lost_timeout: str = "60s", local: bool = True) -> Path:
+    """An exq hosts config for the SSH test hosts of tests/sshhosts.py (fast keepalive)."""
+    lines = ["hosts:"]
+    for host in hosts:
+        lines.append(f"  {host.name}: {{address: {host.name}, ssh_config: {hosts.client_config}, "
+                     f"lost_timeout: {lost_timeout}, keepalive: 0.5s, keepalive_count: 2, connect_timeout: 5s}}")
+    if not local:
+        lines.append("  local: {enabled: false}")
+    path.write_text("\n".join(lines) + "\n")
+    return path

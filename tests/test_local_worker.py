@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,16 +38,6 @@ def run(make: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
 @pytest.fixture
 def worker(tmp_path: Path) -> LocalWorker:
     return LocalWorker(probe=SimulatedProbe("2x24GiB"), jobs_root=tmp_path / "jobs", cleanup_grace=GRACE)
-
-
-@pytest.fixture
-def pgids() -> Iterator[list[int]]:
-    """Process groups to SIGKILL after the test, whatever happened."""
-    groups: list[int] = []
-    yield groups
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
 
 
 def request(

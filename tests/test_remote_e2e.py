@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import EXQ as EXQ_CMD
 from conftest import Exq, wait_until
-from sshhosts import SshHosts
+from sshhosts import SshHosts, write_hosts_config
 
 Start = Callable[..., SshHosts]
 
@@ -32,14 +32,7 @@ def shared(tmp_path: Path) -> Iterator[Path]:
 
 
 def configure(exq: Exq, hosts: SshHosts, *, lost_timeout: str = "60s", local: bool = True) -> None:
-    lines = ["hosts:"]
-    for host in hosts:
-        lines.append(f"  {host.name}: {{address: {host.name}, ssh_config: {hosts.client_config}, "
-                     f"lost_timeout: {lost_timeout}, keepalive: 0.5s, keepalive_count: 2, connect_timeout: 5s}}")
-    if not local:
-        lines.append("  local: {enabled: false}")
-    config = exq.root / "config.yaml"
-    config.write_text("\n".join(lines) + "\n")
+    config = write_hosts_config(exq.root / "config.yaml", hosts, lost_timeout=lost_timeout, local=local)
     exq.env["EXQ_CONFIG"] = str(config)
 
 

@@ -7,11 +7,9 @@ reader); every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -158,16 +156,6 @@ def disk(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
-
-
-@pytest.fixture
-def pgids() -> Iterator[list[int]]:
-    """Process groups to SIGKILL after the test, whatever happened."""
-    groups: list[int] = []
-    yield groups
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
 
 
 def fill(path: Path) -> str:
