@@ -24,7 +24,7 @@ from exq.queue.gpus import GpuSnapshot
 from exq.queue.gpus.select import select_probe
 from exq.queue.intake import ControlReply, ControlRequest, Intake
 from exq.queue.jobspec import SubmissionSpec
-from exq.queue.manifest import Value, load_manifest, parse_manifest
+from exq.queue.manifest import Value, load_manifest, parse_manifest, workdir_note
 from exq.queue.scheduler import LOCAL_HOST, Scheduler, SchedulerConfig
 from exq.queue.state import Job, JobStatus, QueueState, Submission
 from exq.queue.store import (
@@ -79,6 +79,7 @@ __all__ = [
     "state_paths",
     "status",
     "submit",
+    "workdir_note",
 ]
 log = logging.getLogger("exq")
 

@@ -9,8 +9,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.live import Live
@@ -29,6 +30,10 @@ from exq.errors import (
 from exq.units import parse_size
 from exq.views import plain_console
 
+if TYPE_CHECKING:
+    from exq.bridge.compile import Compiled
+    from exq.bridge.plan import Selection
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 """An error (also an internal one), or (`run`, `hosts`, `doctor`, `plan gate`) something did not succeed."""
@@ -36,6 +41,7 @@ EXIT_JOBS_FAILED = EXIT_ERROR
 EXIT_INTERRUPTED = 130
 DEBUG_ENV = "EXQ_DEBUG"
 """Set to 1 to print the traceback of any error (as `-vv` does)."""
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 console = plain_console()
 err_console = plain_console(stderr=True)
 
@@ -124,13 +130,21 @@ MAX_JOBS_OPTION = click.option("--max-jobs", type=click.IntRange(min=1), metavar
 @MAX_JOBS_OPTION
 def validate(manifest: Path, all_jobs: bool, max_jobs: int | None) -> None:
     """Check MANIFEST and print the jobs it expands to; submit nothing."""
-    _print_spec(api.load_manifest(manifest, max_jobs=max_jobs), all_jobs)
+    spec = api.load_manifest(manifest, max_jobs=max_jobs)
+    _print_spec(spec, all_jobs)
+    _print_notes(spec)
 
 
 def _print_spec(spec: api.SubmissionSpec, all_jobs: bool) -> None:
     from exq.views import spec_table
 
     console.print(spec_table(spec, limit=None if all_jobs else 200))
+
+
+def _print_notes(spec: api.SubmissionSpec) -> None:
+    """What the submitter should know about a valid manifest (on stderr)."""
+    if (note := api.workdir_note(spec)) is not None:
+        err_console.print(f"note: {note}")
 
 
 @cli.command()
@@ -148,10 +162,12 @@ def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, m
         spec = api.load_manifest(manifest, max_jobs=max_jobs)
     if dry_run:
         _print_spec(spec, all_jobs=False)
+        _print_notes(spec)
         return
     paths = _paths(ctx)
     item = api.submit(paths, spec)
     console.print(f"submitted {len(spec.jobs)} job(s) as submission {item.id} ({spec.name})")
+    _print_notes(spec)
     if not api.daemon_alive(paths):
         err_console.print("note: no exq daemon runs on this state dir; start `exq daemon` to run the jobs")
 
@@ -171,6 +187,7 @@ def run(ctx: click.Context, manifest: Path, max_jobs: int | None) -> None:
     label = " (SIMULATED)" if gpus.simulated else ""
     err_console.print(f"exq run: submission {item.id}, {len(spec.jobs)} job(s); GPUs: {len(gpus.gpus)} "
                       f"via {gpus.backend}{label}" + (f" - {gpus.message}" if gpus.message else ""))
+    _print_notes(spec)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("exq").setLevel(logging.INFO)
 
@@ -388,29 +405,61 @@ _PLAN_OPTIONS = [
     click.option("--tracker", type=click.Path(dir_okay=False, path_type=Path),
                  help="EXPERIMENT_TRACKER.md (default: beside the plan)."),
     click.option("--runs", type=click.Path(dir_okay=False, path_type=Path),
-                 help="The runs file with each run's command (default: runs.yaml beside the plan)."),
+                 help="The runs file with run commands (default: runs.yaml beside the plan, if there is one)."),
+]
+_SELECT_OPTIONS = [
+    click.option("--include", "include", metavar="R004,...", default="",
+                 help="Compile these runs whatever their tracker Status says."),
+    click.option("--rerun-failed", is_flag=True, help="Also compile the runs marked FAILED or GATE FAILED."),
+]
+_WORKFLOW_OPTIONS = [
+    click.option("--workflow", type=click.Path(dir_okay=False, path_type=Path),
+                 help="workflow-state.md (default: the one under tickets/in-progress/, if exactly one)."),
+    click.option("--no-workflow", is_flag=True, help="Use no workflow-state.md, and write none."),
 ]
 
 
-def _plan_options(func: click.decorators.FC) -> click.decorators.FC:
-    for option in reversed(_PLAN_OPTIONS):
-        func = option(func)
-    return func
+def _options(*options: Callable[[Any], Any]) -> Callable[[_Command], _Command]:
+    """One decorator applying `options` in the order listed."""
+    def decorate(func: _Command) -> _Command:
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+_plan_options = _options(*_PLAN_OPTIONS)
+
+
+def _selection(include: str, rerun_failed: bool) -> Selection:
+    from exq.bridge import plan as bridge
+
+    return bridge.Selection(tuple(r.strip() for r in include.replace(" ", ",").split(",") if r.strip()),
+                            rerun_failed)
+
+
+def _print_choices(compiled: Compiled) -> None:
+    """The compile report: each run compiled (with its command and where it came from) or left alone."""
+    for choice in compiled.runs:
+        err_console.print(f"{'run ' if choice.compiled else 'skip'}  {choice.describe()}")
+    for note in compiled.notes:
+        err_console.print(f"note: {note}")
 
 
 @plan.command("compile")
 @_plan_options
+@_options(*_SELECT_OPTIONS)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the manifest here (default: print it).")
-def plan_compile(plan_file: Path, tracker: Path | None, runs: Path | None, output: Path | None) -> None:
-    """Compile the plan into an ordinary exq manifest: one phase per milestone, in Run Order."""
+def plan_compile(plan_file: Path, tracker: Path | None, runs: Path | None, include: str, rerun_failed: bool,
+                 output: Path | None) -> None:
+    """Compile the runs still to do into an ordinary exq manifest: phases in Run Order (report on stderr)."""
     from exq.bridge import plan as bridge
 
     files = bridge.find_files(plan_file, tracker, runs)
-    compiled = bridge.compile_files(files, bridge.find_workflow(plan_file, None))
+    compiled = bridge.compile_files(files, bridge.find_workflow(plan_file, None), _selection(include, rerun_failed))
     api.parse_manifest(compiled.yaml_text, str((output or plan_file.parent / "plan.yaml").absolute()))
-    for note in compiled.notes:
-        err_console.print(f"note: {note}")
+    _print_choices(compiled)
     if output is None:
         click.echo(compiled.yaml_text, nl=False)
     else:
@@ -420,40 +469,44 @@ def plan_compile(plan_file: Path, tracker: Path | None, runs: Path | None, outpu
 
 @plan.command("submit")
 @_plan_options
+@_options(*_SELECT_OPTIONS, *_WORKFLOW_OPTIONS)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to keep the compiled manifest (default: exq-plan.yaml beside the plan).")
-@click.option("--workflow", type=click.Path(dir_okay=False, path_type=Path),
-              help="workflow-state.md (default: the one under tickets/in-progress/, if exactly one).")
-@click.option("--dry-run", is_flag=True, help="Show the phases and jobs; submit nothing, change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show each run's command and where it came from, and the phases; "
+                                             "submit nothing, change nothing.")
 @click.option("--force", is_flag=True, help="Submit although the stage gates say no (says what it overrode).")
 @click.pass_context
-def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: Path | None,
-                output: Path | None, workflow: Path | None, dry_run: bool, force: bool) -> None:
-    """Compile and submit the plan; refuses unless stage 4 passed and the current stage is 5."""
+def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: Path | None, include: str,
+                rerun_failed: bool, workflow: Path | None, no_workflow: bool, output: Path | None, dry_run: bool,
+                force: bool) -> None:
+    """Compile and submit the runs still to do; refuses unless the gate before Training & Validation passed and
+    the current stage is that one."""
     from exq.bridge import plan as bridge
 
     files = bridge.find_files(plan_file, tracker, runs)
     manifest = output or plan_file.parent / "exq-plan.yaml"
-    flow = bridge.find_workflow(plan_file, workflow)
+    flow = bridge.find_workflow(plan_file, workflow, enabled=not no_workflow)
+    selection = _selection(include, rerun_failed)
     if dry_run:
-        compiled = bridge.compile_files(files, flow)
-        _print_spec(api.parse_manifest(compiled.yaml_text, str(manifest.absolute())), all_jobs=False)
+        compiled = bridge.compile_files(files, flow, selection)
+        _print_choices(compiled)
+        if compiled.manifest["phases"]:
+            _print_spec(api.parse_manifest(compiled.yaml_text, str(manifest.absolute())), all_jobs=False)
         if flow is not None:
             for problem in bridge.check_gates(flow, force=True):
                 err_console.print(f"note: {flow}: {problem}")
         return
-    item, overridden = bridge.submit(files, manifest, flow, force, _paths(ctx))
+    item, overridden = bridge.submit(files, manifest, flow, force, _paths(ctx), selection)
     for problem in overridden:
         err_console.print(f"warning: --force overrode: {problem}")
     console.print(f"submitted the plan as submission {item.id} ({len(item.spec.jobs)} jobs); manifest: {manifest}")
     if flow is not None:
-        console.print(f"{flow}: stage 5 gate set to In Progress")
+        console.print(f"{flow}: Training & Validation gate set to In Progress")
 
 
 @plan.command("sync")
 @_plan_options
-@click.option("--workflow", type=click.Path(dir_okay=False, path_type=Path),
-              help="workflow-state.md (default: the one under tickets/in-progress/, if exactly one).")
+@_options(*_WORKFLOW_OPTIONS)
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
               help="EXPERIMENT_RESULTS.md (default: beside the plan).")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -462,16 +515,17 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
               help="The plan's submission (default: the newest named after the plan's project).")
 @click.pass_context
 def plan_sync(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: Path | None, workflow: Path | None,
-              results: Path | None, log_file: Path | None, submission: str | None) -> None:
-    """Write the submission's progress into the tracker, results, log and stage 5 gate (idempotent)."""
+              no_workflow: bool, results: Path | None, log_file: Path | None, submission: str | None) -> None:
+    """Write the submission's progress into the tracker, results, log and training gate (idempotent); only
+    exq's own cells and parts of cells change."""
     from exq.bridge import plan as bridge
     from exq.bridge.results import results_path
     from exq.bridge.runlog import log_path
     from exq.bridge.sync import SyncTargets, sync
 
     files = bridge.find_files(plan_file, tracker, runs)
-    targets = SyncTargets(files.plan, files.tracker, files.runs, results or results_path(plan_file),
-                          log_file or log_path(plan_file), bridge.find_workflow(plan_file, workflow))
+    targets = SyncTargets(files, results or results_path(plan_file), log_file or log_path(plan_file),
+                          bridge.find_workflow(plan_file, workflow, enabled=not no_workflow))
     report = sync(targets, _paths(ctx), submission)
     for note in report.notes:
         err_console.print(f"note: {note}")
@@ -508,24 +562,21 @@ def import_() -> None:
 
 
 @import_.command("aris")
-@click.argument("spec", metavar="GRID_SPEC.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("spec", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the manifest here (default: print it).")
 def import_aris(spec: Path, output: Path | None) -> None:
-    """Convert an ARIS experiment-queue grid spec; whatever cannot be mapped is reported, not dropped."""
-    from exq.bridge.aris import convert_aris
+    """Convert an ARIS experiment-queue manifest (a grid spec or a built manifest, YAML or JSON); whatever
+    cannot be carried over exactly is reported, not dropped."""
+    from exq.bridge.aris import import_aris as convert
 
-    try:
-        text = spec.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ExqError(f"cannot read {spec}: {exc}") from None
-    conversion = convert_aris(text, str(spec.absolute()))
+    conversion = convert(str(spec))
     for note in conversion.notes:
         err_console.print(f"note: {note}")
     if output is None:
         click.echo(conversion.manifest_yaml, nl=False)
     else:
-        output.write_text(conversion.manifest_yaml)
+        output.write_text(conversion.manifest_yaml, encoding="utf-8")
         console.print(f"wrote {output} ({len(conversion.notes)} note(s) above)")
 
 

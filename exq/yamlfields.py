@@ -45,6 +45,19 @@ def units(parse: Callable[[Any], Any], positive: bool = False) -> PlainValidator
     return PlainValidator(check)
 
 
+def _regex(value: Any) -> str:
+    """`value` when it is a string that compiles as a Python regular expression not matching ''."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a regular expression (a string), got {show(value)}")
+    try:
+        pattern = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {show(value)}: {exc}") from None
+    if pattern.search("") is not None:
+        raise ValueError(f"regular expression {show(value)} matches an empty text, so it would match any log")
+    return value
+
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """POSIX: what a process's environment variable may be named."""
@@ -63,3 +76,4 @@ NonNegNumber = Annotated[float, leaf("a number >= 0", lambda v: is_num(v) and v 
 Size = Annotated[int, units(parse_size)]
 Duration = Annotated[float, units(parse_duration)]
 PosDuration = Annotated[float, units(parse_duration, positive=True)]
+Regex = Annotated[str, PlainValidator(_regex)]

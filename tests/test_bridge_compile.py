@@ -71,7 +71,8 @@ def test_every_run_without_a_command_is_listed_at_once(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as caught:
         compile_plan(plan(tmp_path), tracker(tmp_path, rows), runs)
     text = str(caught.value)
-    assert "run R002 (M1, tracker line 5) has no command" in text and "run R003 (M2, tracker line 6)" in text
+    assert "EXPERIMENT_TRACKER.md:5: Command: run R002 (M1) has no command: give it a Command column" in text
+    assert "EXPERIMENT_TRACKER.md:6: Command: run R003 (M2) has no command" in text
     assert "EXPERIMENT_TRACKER.md:7: Milestone: run R004 names milestone 'M9'" in text
 
 

@@ -80,9 +80,9 @@ def test_example_tracker() -> None:
 def test_messy_tracker() -> None:
     rows = load_tracker(DATA / "tracker_messy.md").rows
     assert [(r.run_id, r.milestone, r.status, r.priority, r.system, r.purpose, r.notes, r.line) for r in rows] == [
-        ("R001", "M0", "DONE", "MUST", "vit-tiny | schedule", "", "", 13),
+        ("R001", "M0", "done", "MUST", "vit-tiny | schedule", "", "", 13),  # Status as written
         ("R002", "M1", "TODO", "NICE", "resnet-18", "", "", 21),
-        ("R003", "M2", "RUNNING", "", "", "", "", 22),
+        ("R003", "M2", "running", "", "", "", "", 22),
     ]
     assert rows[0].cells["备注 Comment"] == "损失下降 ✅"
     assert rows[2].cells == {"Run ID": "R003", "Milestone": "M2", "Status": "running", "Priority": "",
@@ -132,16 +132,23 @@ def test_markdown_reader() -> None:
 
 # ---- errors --------------------------------------------------------------------------------------
 
+RUN_ORDER_FORMS = (
+    "looked for a table with columns 'Milestone', 'Goal', 'Runs', 'Decision Gate' (under '## Run Order'); "
+    "the same with Chinese headers '里程碑', '目标', '运行内容', '决策关卡' (under '## 运行顺序'); "
+    "or milestone headings like '### M0: Sanity', each with its own run table (under '## Run Order and Milestones')")
+
 ERRORS = [
-    (load_plan, "# Plan\n\nprose\n", "p.md:1: no table with columns 'Milestone', 'Goal', 'Runs', 'Decision Gate'"),
+    (load_plan, "# Plan\n\nprose\n", f"p.md:1: no Run Order found; {RUN_ORDER_FORMS}"),
     (load_plan, "# Plan\n\n## Run Order\n\nTBD\n",
-     "p.md:3: no table under '## Run Order' with columns 'Milestone', 'Goal', 'Runs', 'Decision Gate'"),
+     f"p.md:3: no Run Order found under '## Run Order'; {RUN_ORDER_FORMS}"),
     (load_plan, "## Run Order\n\n| Milestone | Goal | Runs |\n|--|--|--|\n",
      "p.md:3: table lacks column(s) 'Decision Gate'"),
     (load_plan, PLAN_HEAD + "| M0 | a | b | c |\n| : x | a | b | c |\n", "p.md:4: empty Milestone cell"),
     (load_plan, PLAN_HEAD + "| M0 | a | b | c |\n| M0: again | a | b | c |\n",
      "p.md:4: milestone M0 listed twice (first at line 3)"),
-    (load_tracker, "| Run ID | Status |\n|--|--|\n", "p.md:1: table lacks column(s) 'Milestone'"),
+    (load_tracker, "| Run ID | Status |\n|--|--|\n| R1 | TODO |\n",
+     "p.md:3: cannot tell the milestone of run R1: no Milestone cell, and no heading above names one "
+     "(like '## M0: Sanity')"),
     (load_tracker, "| Run ID | Milestone | Status |\n|--|--|--|\n| | M0 | TODO |\n", "p.md:3: empty Run ID cell"),
     (load_tracker, "| Run ID | Milestone | Status |\n|--|--|--|\n| R1 | M0 | TODO |\n| R1 | M1 | TODO |\n",
      "p.md:4: run R1 listed twice (first at line 3)"),
@@ -169,11 +176,12 @@ def test_document_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load: 
 def test_tracker_error_names_the_given_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "refine-logs").mkdir()
-    write(tmp_path, "refine-logs/EXPERIMENT_TRACKER.md", "# Tracker\n\n| Run | Status |\n|--|--|\n")
+    write(tmp_path, "refine-logs/EXPERIMENT_TRACKER.md", "# Tracker\n\n| Run | Notes |\n|--|--|\n")
     with pytest.raises(DocumentError) as excinfo:
         load_tracker("refine-logs/EXPERIMENT_TRACKER.md")
     assert error_of(excinfo) == (
-        "refine-logs/EXPERIMENT_TRACKER.md:1: no table with columns 'Run ID', 'Milestone', 'Status'")
+        "refine-logs/EXPERIMENT_TRACKER.md:3: no run table with columns 'Run ID' (or 'Run', 'ID', '实验编号', "
+        "'运行编号'), 'Status' (or '状态'); this one lacks 'Status'")
 
 
 def test_unreadable_files(tmp_path: Path) -> None:

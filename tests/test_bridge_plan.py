@@ -43,7 +43,7 @@ def test_submit_sets_the_stage_5_gate_and_refuses_to_submit_twice(exq: Exq, proj
     assert out.returncode == 0, out.stderr
     assert "submission 1 (13 jobs)" in out.stdout  # R001 x 1 seed + R002..R007 x 2 seeds
     after = workflow.read_text()
-    assert "| 5 Training & Validation | In Progress |" in after and "exq submission 1" in after
+    assert "| 5 Training & Validation | In Progress |" in after and "| exq: submission 1 (exq-plan.yaml) |" in after
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
     assert [a.split("|")[1].strip() for a, _ in changed if a.startswith("|")] == ["5 Training & Validation"]
     again = plan(exq, project, "submit", "refine-logs/EXPERIMENT_PLAN.md")

@@ -101,13 +101,16 @@ def test_results_change_only_verdicts_exq_cells_new_rows_and_the_count() -> None
                      job("R002", 0, JobStatus.RUNNING, phase="M1"))
     text = update_results(HUMAN_RESULTS, state)
     assert text == HUMAN_RESULTS.replace("— PENDING", "— PASSED").replace(
-        "| R001 | old | | TODO | keep me |", "| R001 | vit-tiny | acc 71 | DONE | keep me |").replace(
+        "| R001 | old | | TODO | keep me |", "| R001 | old | exq: acc 71 | DONE | keep me |").replace(
         "[0/2]", "[1/2]").replace(
         "| R099 | a run exq does not know | 1 | DONE | |\r\n\r\n",
         "| R099 | a run exq does not know | 1 | DONE | |\r\n\r\n### M1: Main — PENDING\r\n\r\n"
         "| Run | System | Key Metric | Status |\r\n|---|---|---|---|\r\n"
         "| R002 | vit-tiny, schedule |  | RUNNING |\r\n\r\n")
     assert update_results(text, state) == text
+    by_hand = text.replace("| R001 | old | exq: acc 71 |", "| R001 | old | checked by hand · exq: acc 71 |")
+    rerun = progress(job("R001", 0, JobStatus.SUCCEEDED, {"acc": 72.0}), job("R002", 0, JobStatus.RUNNING, phase="M1"))
+    assert update_results(by_hand, rerun) == by_hand.replace("exq: acc 71", "exq: acc 72")
 
 
 def test_a_new_results_file_has_every_milestone_and_the_summary() -> None:
@@ -116,7 +119,7 @@ def test_a_new_results_file_has_every_milestone_and_the_summary() -> None:
     text = update_results(new_document("EXPERIMENT_PLAN.md", "2026-11-22"), state)
     assert "**Plan**: EXPERIMENT_PLAN.md" in text
     assert "### M0: Sanity — FAILED\n\n| Run | System | Key Metric | Status |\n|---|---|---|---|\n" \
-           "| R001 | vit-tiny | R001_s0: exit code 1 | FAILED |\n\n### M1: Main — PENDING" in text
+           "| R001 | vit-tiny | exq: R001_s0: exit code 1 | FAILED |\n\n### M1: Main — PENDING" in text
     assert text.endswith("\n\n## Summary\n\n- [0/2] must-run experiments completed\n")
 
 
@@ -153,7 +156,7 @@ def test_sync_leaves_a_stage_gate_someone_else_set_alone(exq: Exq, project: Path
     waiting = plan(exq, project, "sync", "refine-logs/EXPERIMENT_PLAN.md")
     assert waiting.returncode == 0 and "submission 1 waits for a daemon" in waiting.stderr
     workflow = project / "tickets" / "in-progress" / "t1" / "workflow-state.md"
-    text = workflow.read_text().replace("| In Progress | Run evidence closes the success criteria | exq submission 1",
+    text = workflow.read_text().replace("| In Progress | Run evidence closes the success criteria | exq: submission 1",
                                         "| Blocked | Run evidence closes the success criteria | GPUs down")
     workflow.write_text(text)
     exq.start_daemon()
@@ -163,7 +166,7 @@ def test_sync_leaves_a_stage_gate_someone_else_set_alone(exq: Exq, project: Path
     assert "the stage 5 gate is 'Blocked' (GPUs down (exq-plan.yaml)), not this submission's: left alone" in out.stderr
     assert workflow.read_text() == text
     tracker = (project / "refine-logs" / "EXPERIMENT_TRACKER.md").read_text()
-    assert "| R001 | M0 | sanity | vit-tiny, schedule, 2 epochs | train/test | loss | MUST | DONE | 1 attempt |" \
+    assert "| R001 | M0 | sanity | vit-tiny, schedule, 2 epochs | train/test | loss | MUST | DONE | exq: 1 attempt |" \
         in tracker
 
 

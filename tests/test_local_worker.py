@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -21,8 +22,8 @@ import pytest
 from exq.queue.classify import classify
 from exq.queue.gpus.simulated import SimulatedProbe
 from exq.queue.outcome import Outcome
-from exq.queue.workers.base import LaunchRequest, RunRecord
-from exq.queue.workers.local import LocalWorker, group_alive, read_record
+from exq.queue.workers.base import LOG_TAIL_BYTES, LaunchRequest, RunRecord
+from exq.queue.workers.local import LaunchRefused, LocalWorker, group_alive, read_record
 
 T = TypeVar("T")
 GRACE = 0.5
@@ -91,7 +92,7 @@ def test_launch_wait_exit_code_and_log(worker: LocalWorker, tmp_path: Path) -> N
     assert not list(d.glob("*.tmp"))
     report = run(lambda: worker.report(req.attempt_dir, req.workdir, "result.json", []))
     assert "hello" in report.log_tail and report.result is None and report.result_error is None
-    assert classify(report) == (Outcome.FAILED, "exit code 3")
+    assert classify(report) == (Outcome.FAILED, "exit code 3: oops")
 
 
 def test_env_passed_and_runner_vars_hidden(worker: LocalWorker, tmp_path: Path) -> None:
@@ -150,11 +151,20 @@ def test_setup_failure_fails_the_job(worker: LocalWorker, tmp_path: Path) -> Non
     assert (Path(req.attempt_dir) / "log").read_text() == "setting up\n"
 
 
-def test_missing_workdir_fails_the_job(worker: LocalWorker, tmp_path: Path) -> None:
+def test_missing_workdir_is_refused_before_the_runner_starts(worker: LocalWorker, tmp_path: Path) -> None:
     req = LaunchRequest(str(tmp_path / "att"), "touch ran", str(tmp_path / "nope"), {})
-    record = run(lambda: launch_and_wait(worker, req))
-    assert record.exit_code not in (None, 0)
-    assert "nope" in (tmp_path / "att" / "log").read_text()
+    why = f"workdir {tmp_path / 'nope'} does not exist on local"
+    with pytest.raises(LaunchRefused, match=f"^{re.escape(why)}$"):
+        run(lambda: worker.launch(req))
+    assert not (tmp_path / "att").exists()
+
+
+def test_missing_paths_are_the_globs_matching_nothing(worker: LocalWorker, tmp_path: Path) -> None:
+    (tmp_path / "ckpt" / "deep").mkdir(parents=True)
+    (tmp_path / "ckpt" / "deep" / "a.pt").touch()
+    globs = ["ckpt/**/*.pt", "ckpt/*.pt", "none", "ckpt"]
+    assert run(lambda: worker.missing_paths(str(tmp_path), globs)) == ["ckpt/*.pt", "none"]
+    assert run(lambda: worker.missing_paths(str(tmp_path / "gone"), ["*"])) == ["*"]
 
 
 def test_workdir_with_spaces_and_quotes(worker: LocalWorker, tmp_path: Path) -> None:
@@ -373,10 +383,10 @@ def test_report_result_and_outputs(worker: LocalWorker, tmp_path: Path) -> None:
 
 
 def test_log_tail_is_bounded(worker: LocalWorker, tmp_path: Path) -> None:
-    req = request(tmp_path, "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done")
+    req = request(tmp_path, "seq 0 39999 | sed 's/^/line /'")  # 429 KiB
     run(lambda: launch_and_wait(worker, req))
     tail = run(lambda: worker.report(req.attempt_dir, req.workdir, "r.json", [])).log_tail
-    assert len(tail.encode()) <= 8192 and tail.endswith("line 1999\n")
+    assert len(tail.encode()) == LOG_TAIL_BYTES and tail.endswith("line 39999\n") and "line 9999\n" not in tail
 
 
 def test_probe_and_close(worker: LocalWorker) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from exq.errors import InputProblem, ManifestError
 from exq.queue.jobspec import SubmissionSpec
-from exq.queue.manifest import load_manifest, parse_manifest
+from exq.queue.manifest import load_manifest, parse_manifest, workdir_note
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -381,6 +381,49 @@ def test_nested_retry_error_path(src: str) -> None:
     assert "expected a duration" in found[1].message
 
 
+def test_retry_transient_from_defaults_and_phases(src: str) -> None:
+    spec = parse(src, """
+        name: t
+        defaults:
+          retry:
+            transient: {match: ["CUDA error: unknown error", "NCCL WARN .* Connection reset"], max: 2}
+        phases:
+          - name: a
+            cmd: run
+          - name: b
+            cmd: run
+            retry:
+              transient: {backoff: 1m}
+          - name: c
+            cmd: run
+            retry:
+              transient: {match: ["^Bus error$"]}
+    """)
+    a, b, c = (job.retry.transient for job in spec.jobs)
+    assert (a.match, a.max, a.backoff) == (["CUDA error: unknown error", "NCCL WARN .* Connection reset"], 2, 10.0)
+    assert (b.match, b.max, b.backoff) == (a.match, 2, 60.0)
+    assert (c.match, c.max) == (["^Bus error$"], 2)
+    plain = parse(src, "name: p\ncmd: run\n").jobs[0].retry.transient
+    assert (plain.match, plain.max, plain.backoff) == ([], 3, 10.0)
+
+
+def test_retry_transient_patterns_are_checked(src: str) -> None:
+    text = """
+        name: x
+        cmd: run
+        retry:
+          transient:
+            match: ["ok", "NCCL (", 3, "x*"]
+    """
+    found = problems(src, text)
+    assert [p.field for p in found] == [f"retry.transient.match[{i}]" for i in (1, 2, 3)]
+    assert all(p.line == line(text, "match:") for p in found)
+    assert "invalid regular expression 'NCCL ('" in found[0].message and "missing )" in found[0].message
+    assert "expected a regular expression (a string), got 3" in found[1].message
+    assert "'x*' matches an empty text" in found[2].message
+    assert f"{src}:{line(text, 'match:')}:" in str(ManifestError(found))
+
+
 def test_empty_grid_list(src: str) -> None:
     text = """
         name: x
@@ -528,7 +571,7 @@ def test_unknown_after_phase(src: str) -> None:
     """
     p = one(src, text)
     assert (p.field, p.line) == ("phases[1].after[1]", line(text, "after:"))
-    assert p.message == "unknown phase 'teacher'; phases: a, b"
+    assert p.message == "unknown phase 'teacher'; phases: a, b (job ids of this submission are accepted too)"
 
 
 def test_cycle_in_after(src: str) -> None:
@@ -640,3 +683,167 @@ def test_expansion_problems_of_several_phases_are_reported_at_once(src: str) -> 
             cmd: run
     """
     assert [p.field for p in problems(src, text)] == ["phases[0].cmd", "phases[1].after[0]"]
+
+
+# ---------------------------------------------------------------- max_parallel, devices, wait_for, foreign_threshold
+
+GiB = 1024**3
+
+
+def test_new_settings_merge_from_defaults_and_phases(src: str) -> None:
+    spec = parse(src, """
+        name: limits
+        max_parallel: 3
+        defaults:
+          devices: {local: [0, 2], gpu1: [1]}
+          wait_for: ["ckpt/pre_{w}.pt"]
+          foreign_threshold: 2GiB
+        phases:
+          - name: pre
+            grid: {w: [64]}
+            max_parallel: 1
+            cmd: run
+          - name: main
+            grid: {w: [64]}
+            devices: {gpu2: [3]}
+            wait_for: "out/{id}/*.done"
+            cmd: run
+    """)
+    pre, main = spec.jobs
+    assert spec.max_parallel == 3 and spec.phase_max_parallel == {"pre": 1}
+    assert pre.devices == {"local": [0, 2], "gpu1": [1]} and main.devices == {"gpu2": [3]}  # a phase replaces
+    assert pre.wait_for == ["ckpt/pre_64.pt"] and main.wait_for == ["out/main_w64/*.done"]
+    assert pre.foreign_threshold == main.foreign_threshold == 2 * GiB
+
+
+def test_single_phase_max_parallel_limits_the_submission(src: str) -> None:
+    spec = parse(src, "name: one\nmax_parallel: 2\ngrid: {i: [1, 2, 3]}\ncmd: run\n")
+    assert (spec.max_parallel, spec.phase_max_parallel) == (2, {})
+    assert spec.jobs[0].devices == {} and spec.jobs[0].wait_for == [] and spec.jobs[0].foreign_threshold is None
+
+
+@pytest.mark.parametrize(("setting", "field", "message"), [
+    ("devices: {local: [0, -1]}", "devices.local[1]", "expected an integer >= 0, got -1"),
+    ("devices: {local: [1, 0, 1]}", "devices.local", "GPU index 1 appears more than once"),
+    ("devices: {local: []}", "devices.local", "expected a non-empty list of GPU indices, got an empty list"),
+    ("devices: {local: 0}", "devices.local", "expected a list, got 0"),
+    ("devices: [0, 1]", "devices", "expected a mapping, got a list"),
+    ("wait_for: ['ckpt/{nope}.pt']", "wait_for[0]", "unknown placeholder {nope}"),
+    ("foreign_threshold: 0", "foreign_threshold", "expected a positive size such as 500MiB or 2GiB, got 0"),
+    ("foreign_threshold: lots", "foreign_threshold", "expected a size such as 20GiB"),
+    ("max_parallel: 0", "max_parallel", "expected an integer >= 1, got 0"),
+    ("max_parallel: two", "max_parallel", "expected an integer >= 1, got 'two'"),
+])
+def test_new_settings_errors_name_file_line_and_field(src: str, setting: str, field: str, message: str) -> None:
+    text = f"""
+        name: x
+        grid: {{w: [1]}}
+        {setting}
+        cmd: run
+    """
+    p = one(src, text)
+    assert (p.file, p.line, p.field) == (src, line(text, setting.split(":")[0] + ":"), field)
+    assert message in p.message
+    assert str(ManifestError([p])).startswith(f"{src}:{p.line}:")
+
+
+def test_max_parallel_is_not_a_default(src: str) -> None:
+    text = """
+        name: x
+        defaults: {max_parallel: 2}
+        phases:
+          - {name: a, cmd: run}
+    """
+    p = one(src, text)
+    assert (p.field, p.line) == ("defaults.max_parallel", line(text, "defaults:"))
+    assert "unknown field 'max_parallel'" in p.message
+
+
+def test_after_may_name_a_job_of_another_phase(src: str) -> None:
+    spec = parse(src, """
+        name: x
+        phases:
+          - name: pre
+            grid: {w: [64, 192]}
+            id: "pre_w{w}"
+            cmd: run
+          - name: teacher
+            grid: {w: [64, 192]}
+            cmd: run
+          - name: main
+            after: [teacher, pre_w192]
+            match: [w]
+            grid: {w: [64, 192]}
+            cmd: run
+    """)
+    deps = {j.id: j.deps for j in spec.jobs if j.phase == "main"}
+    assert deps == {"main_w64": ["teacher_w64", "pre_w192"], "main_w192": ["teacher_w192", "pre_w192"]}
+
+
+def test_a_job_id_in_after_is_an_edge_to_its_phase_for_cycles(src: str) -> None:
+    text = """
+        name: x
+        phases:
+          - name: a
+            after: [b1]
+            cmd: run
+          - name: b
+            grid: {i: [1]}
+            id: "b{i}"
+            after: [a]
+            cmd: run
+    """
+    p = one(src, text)
+    assert (p.field, p.line, p.message) == ("phases[1].after", line(text, "after: [a]"), "cycle in after: a -> b -> a")
+
+
+def test_match_needs_a_phase_in_after_not_only_job_ids(src: str) -> None:
+    text = """
+        name: x
+        phases:
+          - name: a
+            grid: {i: [1]}
+            cmd: run
+          - name: b
+            after: [a_i1]
+            match: [i]
+            grid: {i: [1]}
+            cmd: run
+    """
+    p = one(src, text)
+    assert (p.field, p.line) == ("phases[1].match", line(text, "match:"))
+    assert p.message.startswith("match needs after")
+
+
+REMOTE_ONLY = """
+    name: far
+    workdir: /nonexistent/exq-far
+    defaults: {hosts: [gpu-b, gpu-a]}
+    phases:
+      - {name: a, cmd: run}
+      - {name: b, HOSTS cmd: run}
+"""
+
+
+def test_workdir_missing_here_is_fine_when_every_job_runs_elsewhere(src: str) -> None:
+    spec = parse(src, REMOTE_ONLY.replace("HOSTS ", ""))
+    assert spec.jobs[0].workdir == "/nonexistent/exq-far"
+    assert workdir_note(spec) == ("workdir /nonexistent/exq-far is not on this machine; every job runs on "
+                                  "gpu-a, gpu-b, where it is checked when each job launches")
+
+
+@pytest.mark.parametrize("hosts", ["hosts: [gpu-a, local],", "hosts: null,"])
+def test_workdir_missing_here_is_refused_when_a_job_may_run_here(src: str, hosts: str) -> None:
+    text = REMOTE_ONLY.replace("HOSTS", hosts)
+    p = one(src, text)
+    assert (p.field, p.line) == ("workdir", line(text, "workdir:"))
+    assert p.message == "workdir /nonexistent/exq-far does not exist"
+
+
+def test_workdir_copied_by_sync_must_exist_here(src: str) -> None:
+    text = REMOTE_ONLY.replace("HOSTS ", "").replace("name: far", "name: far\n    sync: {dest: far}")
+    assert one(src, text).message == "workdir /nonexistent/exq-far does not exist"
+
+
+def test_no_workdir_note_when_the_workdir_is_here(src: str) -> None:
+    assert workdir_note(parse(src, "name: x\nhosts: [gpu-a]\ncmd: run\n")) is None

@@ -86,3 +86,31 @@ def test_a_job_restricted_to_hosts_is_placed_only_there() -> None:
     placement = place(Resources(gpus=1), gpu_loads(snaps, []), hosts=["gpu2"])
     assert placement is not None and placement.host == "gpu2"
     assert place(Resources(gpus=2), gpu_loads(snaps, []), hosts=["gpu2"]) is None
+
+
+def test_devices_restrict_the_gpus_of_the_named_hosts_only() -> None:
+    snaps = snapshot(0, 0, 0, 0)
+    snaps["gpu2"] = GpuSnapshot(backend="simulated", taken_at=0.0, gpus=(GpuInfo(0, "G2-0", "Test GPU", 24 * GiB, 0),))
+    loads = gpu_loads(snaps, [Reservation("a", "local", (1,), None, False)])
+    devices = {"local": [1, 3]}
+    assert place(Resources(gpus=1), loads, hosts=["local"], devices=devices).gpus == (3,)  # type: ignore[union-attr]
+    assert place(Resources(gpus=2), loads, hosts=["local"], devices=devices) is None
+    assert place(Resources(gpus=1), loads, hosts=["gpu2"], devices=devices).host == "gpu2"  # type: ignore[union-attr]
+
+
+def test_waiting_reason_names_devices_when_they_are_the_cause() -> None:
+    loads = gpu_loads(snapshot(0, 0, 0), [Reservation("a", "local", (0,), None, False)])
+    threshold = 500 * 1024**2
+    assert why_waiting(Resources(gpus=2), loads, threshold, {"local": [2]}) == (
+        "cannot fit: needs 2 GPUs, devices allows 1 on local")
+    assert why_waiting(Resources(gpus=1), loads, threshold, {"local": [7]}) == (
+        "cannot fit: needs 1 GPU, devices allows 0 on local")
+    assert why_waiting(Resources(gpus=1), loads, threshold, {"local": [0]}) == (
+        "waiting for 1 free GPU(s) among those devices allows (local: 0)")
+    assert why_waiting(Resources(gpus=1), loads, threshold, {"elsewhere": [0]}) == "waiting for 1 free GPU(s)"
+
+
+def test_a_higher_foreign_threshold_lets_a_job_share_with_other_users() -> None:
+    loads = gpu_loads(snapshot(3 * GiB, 1 * GiB), [])
+    assert place(Resources(gpus=1), loads) is None
+    assert place(Resources(gpus=1), loads, foreign_threshold=2 * GiB).gpus == (1,)  # type: ignore[union-attr]

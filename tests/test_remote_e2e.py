@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -305,3 +306,46 @@ def test_host_returning_after_its_job_moved_has_that_copy_killed(
     assert job["attempts"][1]["host"] != first
     wait_until(lambda: not hosts[first].run("pgrep -f 'slee[p] 30'", check=False).stdout.strip(), 20)
     assert marks(shared, "j0") == ["start 1", "start 2", "done"]
+
+
+def test_workdir_missing_on_the_ssh_host_fails_the_attempt_with_that_reason(
+    exq: Exq, ssh_hosts: Start, tmp_path: Path
+) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    configure(exq, hosts)
+    gone = tmp_path / "not-on-any-host"
+    manifest = exq.manifest(f"name: far\nworkdir: {gone}\nhosts: [h1]\nid: job\ncmd: touch ran\n")
+    note = f"note: workdir {gone} is not on this machine; every job runs on h1, where it is checked when each job " \
+           "launches"
+    assert note in exq("validate", str(manifest)).stderr
+    proc = exq("run", str(manifest), check=False, timeout=120)
+    assert proc.returncode == 1 and note in proc.stderr
+    job = exq.jobs()["job"]
+    reason = f"launch failed: workdir {gone} does not exist on h1"
+    assert job["status"] == "failed" and job["reason"] == reason
+    assert [(a["host"], a["outcome"], a["reason"]) for a in job["attempts"]] == [("h1", "failed", reason)]
+
+
+def test_wait_for_of_a_job_only_for_ssh_hosts_is_checked_on_its_host(
+    exq: Exq, ssh_hosts: Start, shared: Path
+) -> None:
+    hosts = ssh_hosts([("h1", "1x24GiB")])
+    configure(exq, hosts)
+    manifest = exq.manifest(f"""
+        name: waits
+        workdir: {shared}
+        hosts: [h1]
+        id: job
+        wait_for: ["marks/ready*"]
+        cmd: umask 0; echo "ran $(id -un)" >> marks/job
+    """)
+    exq.start_daemon()
+    exq("submit", str(manifest))
+    reason = "waiting for marks/ready* to exist on h1"
+    wait_until(lambda: exq.jobs().get("job", {}).get("reason") == reason, 60, 0.2)
+    time.sleep(2.5)  # checked again meanwhile: still missing
+    assert exq.jobs()["job"]["attempts"] == [] and not marks(shared, "job")
+    (shared / "marks" / "ready.flag").touch()
+    job = exq.wait_finished(1, timeout=60)["job"]
+    assert job["status"] == "succeeded" and job["host"] == "h1"
+    assert marks(shared, "job") == [f"ran {hosts['h1'].user}"]

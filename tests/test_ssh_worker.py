@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -27,8 +28,8 @@ from exq.queue.classify import classify
 from exq.queue.gpus.select import NoGpuProbe
 from exq.queue.outcome import Outcome
 from exq.queue.workers import remote
-from exq.queue.workers.base import PEEK_LIMIT, LaunchRequest, RunRecord
-from exq.queue.workers.local import RUNNER_PATH, LocalWorker
+from exq.queue.workers.base import LOG_TAIL_BYTES, PEEK_LIMIT, LaunchRequest, RunRecord
+from exq.queue.workers.local import RUNNER_PATH, LaunchRefused, LocalWorker
 from exq.queue.workers.ssh import SshWorker
 from exq.queue.workers.sshconn import HostKeyError, HostUnreachableError
 
@@ -116,6 +117,7 @@ def golden_commands() -> dict[str, str]:
         "tombstone": remote.tombstone_command(req.attempt_dir),
         "group": remote.group_alive_command(1234),
         "report": remote.report_command(req.attempt_dir, req.workdir, "result.json", ["ckpt/*.pt", "a b/$(x)"]),
+        "missing": remote.missing_command(req.workdir, ["ckpt/*.pt", "a b/$(x)"]),
         "setup": remote.setup_command(".exq", "node1"),
     }
 
@@ -309,7 +311,7 @@ def test_group_alive(host: SshHost) -> None:
 def test_report_result_and_missing_outputs(host: SshHost) -> None:
     wd = workdir(host)
     cmd = ("mkdir -p ckpt && touch ckpt/a.pt 'odd $(x).bin' && echo '{\"loss\": 0.5}' > result.json; "
-           "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done")
+           "seq 0 39999 | sed 's/^/line /'")  # a 429 KiB log
     worker = worker_for(host)
 
     async def go() -> None:
@@ -320,7 +322,7 @@ def test_report_result_and_missing_outputs(host: SshHost) -> None:
             report = await worker.report(req.attempt_dir, str(wd), "result.json", outputs)
             assert report.result == {"loss": 0.5} and report.result_error is None
             assert report.missing_outputs == ["ckpt/*.bin", "logs/**/x"]
-            assert len(report.log_tail.encode()) <= 8192 and report.log_tail.endswith("line 1999\n")
+            assert len(report.log_tail.encode()) == LOG_TAIL_BYTES and report.log_tail.endswith("line 39999\n")
             assert classify(report)[0] is Outcome.OUTPUTS_MISSING
             (wd / "bad.json").write_text("{broken")
             bad = await worker.report(req.attempt_dir, str(wd), "bad.json", [])
@@ -329,6 +331,38 @@ def test_report_result_and_missing_outputs(host: SshHost) -> None:
             assert absent.result is None and absent.result_error is None
         finally:
             await worker.close()
+
+    run(go)
+
+
+def test_missing_paths_and_a_missing_workdir_at_launch_like_the_local_worker(host: SshHost, tmp_path: Path) -> None:
+    wd = workdir(host)
+    (wd / "ckpt").mkdir()
+    (wd / "ckpt" / "a.pt").touch()
+    (wd / "odd $(x).bin").touch()
+    globs = ["ckpt/*.pt", "ckpt/*.bin", "odd $(x).bin", "none"]
+    worker = worker_for(host)
+    local = LocalWorker(probe=NoGpuProbe("test"), jobs_root=tmp_path / "jobs")
+    gone = str(host.home / "gone")
+
+    async def go() -> None:
+        try:
+            assert await worker.missing_paths(str(wd), globs) == ["ckpt/*.bin", "none"]
+            assert await local.missing_paths(str(wd), globs) == ["ckpt/*.bin", "none"]
+            assert await worker.missing_paths("work", ["ckpt/a.pt"]) == []  # relative: from the login's home
+            assert await worker.missing_paths(gone, ["*"]) == ["*"]
+            await worker.ensure_connected()
+            req = LaunchRequest(worker.attempt_dir("s1", "j", 1), "touch ran", gone, {})
+            why = f"workdir {gone} does not exist on {host.name}"
+            with pytest.raises(LaunchRefused, match=f"^{re.escape(why)}$"):
+                await worker.launch(req)
+            notdir = LaunchRequest(req.attempt_dir, "touch ran", str(wd / "ckpt" / "a.pt"), {})
+            with pytest.raises(LaunchRefused, match=r"a\.pt is not a directory on"):
+                await worker.launch(notdir)
+            assert (await worker.read(req.attempt_dir)) == RunRecord()  # nothing was started or claimed
+        finally:
+            await worker.close()
+            await local.close()
 
     run(go)
 

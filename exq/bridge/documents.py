@@ -1,7 +1,8 @@
 """Read the research documents (plan, tracker, workflow state) and edit the cells exq owns, atomically.
 
-Tables are found by their header names (matched case-insensitively), not by position; every problem is a
-DocumentError naming the file, the line and what is missing.
+Tables are found by their header names (markdown.header_key: case, annotations in parentheses, trailing
+colons and the documents' aliases such as `Run` for `Run ID` do not matter), not by position; every problem
+is a DocumentError naming the file, the line and what was looked for.
 """
 
 from __future__ import annotations
@@ -10,22 +11,41 @@ import datetime
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from exq.api import atomic_write
 from exq.bridge import markdown as md
-from exq.bridge.model import Block, Milestone, Plan, StageGate, Tracker, TrackerRow, WorkflowState
+from exq.bridge.model import Block, Milestone, Plan, PlanRun, StageGate, Tracker, TrackerRow, WorkflowState
 from exq.errors import InputFileError, InputProblem
 
 PLAN_COLUMNS = ("Milestone", "Goal", "Runs", "Decision Gate")
-TRACKER_COLUMNS = ("Run ID", "Milestone", "Status")
+TRACKER_COLUMNS = ("Run ID", "Status")
 GATE_COLUMNS = ("Stage", "Gate Status")
 GATE_STATUSES = ("Not Started", "In Progress", "Pass", "Fail", "Blocked")
+RUN_ORDER_HEADINGS = ("run order", "运行顺序")
+RUN_ORDER_FORMS = (
+    "a table with columns 'Milestone', 'Goal', 'Runs', 'Decision Gate' (under '## Run Order'); "
+    "the same with Chinese headers '里程碑', '目标', '运行内容', '决策关卡' (under '## 运行顺序'); "
+    "or milestone headings like '### M0: Sanity', each with its own run table (under '## Run Order and Milestones')"
+)
+TRAINING_NAMES = ("training validation", "训练 验证")
+"""Stage names meaning Training & Validation, as _name_key gives them."""
 
 _BOLD_FIELD = re.compile(r"\s*(?:[-*+]\s+)?\*\*(.+?)\*\*\s*:?\s*(.*)$")
 _BULLET = re.compile(r"(\s*[-*+]\s+(?:\*\*)?([^:*\uff1a]+?)(?:\*\*)?\s*[:\uff1a]\s*(?:\*\*)?\s*)(.*?)\s*$")
 _BLOCK = re.compile(r"block\s+(\d+)\s*(?:[:\uff1a.\-\u2014\u2013]\s*)?(.*)$", re.IGNORECASE)
-_STAGE = re.compile(r"(?:stage\s*)?(\d+)\s*(?:[:\uff1a.\-\u2014\u2013)]\s*)?(.*)$", re.IGNORECASE)
+_STAGE = re.compile(r"(?:stage|阶段)?\s*(\d+)\s*(?:[:\uff1a.\-\u2014\u2013)]\s*)?(.*)$", re.IGNORECASE)
+_MILESTONE = re.compile(
+    r"\W*(?:milestone|里程碑)?\s*(M\d+)(?![\w.])\s*(?:[:\uff1a.\-\u2014\u2013*]+\s*)?(.*)$", re.IGNORECASE)
+_RANGE_END = re.compile(r"(?:[/&,+~]|and|to)?\s*M\d+\W*", re.IGNORECASE)
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+_LIST_SEPARATOR = re.compile(r"[,;\uff0c\uff1b\u3001\s]+|\band\b", re.IGNORECASE)
+_NAME_JOINER = re.compile(r"&|/|与|和|\band\b")
+_PARENTHESISED = re.compile(r"[(\uff08]([^()\uff08\uff09]*)[)\uff09]")
+_WRAPPED = re.compile(r"([*_`]+)(.*?)([*_`]+)")
+_NOTHING = ("", "\u2014", "\u2013", "-", "none", "n/a")
+"""Cells that say "no value": empty, dashes, `none`, `n/a`."""
 
 
 class DocumentError(InputFileError):
@@ -40,6 +60,11 @@ def _quoted(names: tuple[str, ...] | list[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
+def _looked_for(columns: tuple[str, ...]) -> str:
+    """`'Run ID' (or 'Run', 'ID'), 'Status' (or '状态')`: the columns and their aliases, for messages."""
+    return ", ".join(f"'{c}'" + (f" (or {_quoted(md.ALIASES[c])})" if c in md.ALIASES else "") for c in columns)
+
+
 def _plain(cell: str) -> str:
     """A cell without surrounding bold/code markers."""
     return cell.strip().strip("*_`").strip()
@@ -49,6 +74,27 @@ def _split_id(cell: str) -> tuple[str, str]:
     """`M0: Sanity` -> (`M0`, `Sanity`); `M0` -> (`M0`, ``)."""
     head, _, title = cell.replace("\uff1a", ":").partition(":")
     return _plain(head), _plain(title)
+
+
+def _uncode(cell: str) -> str:
+    """The cell with code marks dropped: `` `python3 train.py` `` and ``` ``a `b` c`` ``` give their text."""
+    return _CODE_SPAN.sub(lambda m: m.group(2).strip(), cell).strip()
+
+
+def _nothing(text: str) -> bool:
+    return _plain(text).casefold() in _NOTHING
+
+
+def command_of(cell: str) -> str | None:
+    """A Command cell's command without its code marks; None when the cell is empty or a dash."""
+    text = _uncode(cell)
+    return None if _nothing(text) else text
+
+
+def depends_on_of(cell: str) -> tuple[str, ...]:
+    """The run IDs of a Depends On cell, split on commas, semicolons, spaces or `and`; `—`, `none`: ()."""
+    ids = (_plain(part) for part in _LIST_SEPARATOR.split(_uncode(cell)))
+    return tuple(dict.fromkeys(i for i in ids if not _nothing(i)))
 
 
 def read_document(path: str | Path) -> str:
@@ -84,34 +130,26 @@ def _find_table(
     if near:
         raise _error(path, near[0].line, f"table lacks column(s) {_quoted(near[0].missing(columns))}")
     where = f"under '{'#' * heading.level} {heading.text}' " if heading else ""
-    raise _error(path, heading.line if heading else 1, f"no table {where}with columns {_quoted(columns)}")
+    raise _error(path, heading.line if heading else 1, f"no table {where}with columns {_looked_for(columns)}")
 
 
-def load_plan(path: str | Path) -> Plan:
-    """The plan's milestones (the Run Order table, in order) and experiment blocks."""
-    doc = md.parse(read_document(path))
-    problem = None
-    for text in doc.lines:
-        m = _BOLD_FIELD.match(text)
-        if m and md.normalize(m.group(1)).rstrip(":") == "problem":
-            problem = m.group(2).strip() or None
-            break
-    table = _find_table(path, doc, PLAN_COLUMNS, ("run order",))
-    milestones: list[Milestone] = []
-    seen: dict[str, int] = {}
-    for row in table.rows:
-        if not any(row.values):
-            continue
-        mid, title = _split_id(table.get(row, "Milestone"))
-        if not mid:
-            raise _error(path, row.line, "empty Milestone cell")
-        if mid in seen:
-            raise _error(path, row.line, f"milestone {mid} listed twice (first at line {seen[mid]})")
-        seen[mid] = row.line
-        get = table.get
-        milestones.append(Milestone(mid, title, get(row, "Goal"), get(row, "Runs"), get(row, "Decision Gate"),
-                                    row.line))
-    return Plan(str(path), problem, milestones, _blocks(doc))
+# ---- bold fields, milestone headings and run tables (shared by the plan and the tracker) --------------
+
+
+def _fields(doc: md.Document, heading: md.Heading) -> dict[str, str]:
+    """The `**Name**: value` lines of a heading's section, by name as written (the first of each name)."""
+    fields: dict[str, str] = {}
+    for text in doc.lines[heading.line : doc.section_end(heading) - 1]:
+        f = _BOLD_FIELD.match(text)
+        if f:
+            fields.setdefault(f.group(1).strip().rstrip(":\uff1a").strip(), f.group(2).strip())
+    return fields
+
+
+def _field(fields: Mapping[str, str], name: str) -> str:
+    """The field called `name` or one of its aliases (`**Gate**` for Decision Gate); empty when missing."""
+    key = md.header_key(name)
+    return next((v for k, v in fields.items() if md.header_key(k) == key), "")
 
 
 def _priority(value: str) -> str | None:
@@ -123,38 +161,41 @@ def _priority(value: str) -> str | None:
     return _plain(value) or None
 
 
-def _blocks(doc: md.Document) -> list[Block]:
-    blocks: list[Block] = []
-    for heading in doc.headings:
-        m = _BLOCK.match(heading.text)
-        if not m:
-            continue
-        fields: dict[str, str] = {}
-        for text in doc.lines[heading.line : doc.section_end(heading) - 1]:
-            f = _BOLD_FIELD.match(text)
-            if f:
-                fields.setdefault(f.group(1).strip().rstrip(":\uff1a").strip(), f.group(2).strip())
-        priority = next((_priority(v) for k, v in fields.items() if md.normalize(k) == "priority"), None)
-        blocks.append(Block(int(m.group(1)), m.group(2).strip(), priority, fields, heading.line))
-    return blocks
+def _milestone_heading(heading: md.Heading) -> tuple[str, str] | None:
+    """(`M0`, `Sanity`) for `M0: Sanity`, `M0 — Sanity`, `Milestone M0: Sanity` or `🧪 M0`; None for other
+    headings and for ranges like `M1-M2`."""
+    m = _MILESTONE.match(heading.text)
+    if m is None or _RANGE_END.fullmatch(m.group(2)):
+        return None
+    return m.group(1), _plain(m.group(2))
 
 
-def _tracker_tables(path: str | Path, doc: md.Document) -> list[md.Table]:
-    tables = [t for t in doc.tables if not t.missing(TRACKER_COLUMNS)]
-    return tables or [_find_table(path, doc, TRACKER_COLUMNS, ())]
+def _milestone_above(doc: md.Document, line: int) -> str | None:
+    """The milestone named by the innermost heading whose section holds `line`, if any."""
+    named = (_milestone_heading(h) for h in reversed(doc.enclosing(line)))
+    return next((m[0] for m in named if m is not None), None)
 
 
-def _norm_priority(value: str) -> str:
-    upper = _plain(value).upper()
-    return "MUST" if upper.startswith("MUST") else "NICE" if upper.startswith("NICE") else upper
+@dataclass(frozen=True)
+class _RunRow:
+    """A row of a run table, with its Run ID and milestone told."""
+
+    table: md.Table
+    row: md.TableRow
+    run_id: str
+    milestone: str
+
+    def get(self, column: str) -> str:
+        return self.table.get(self.row, column)
 
 
-def load_tracker(path: str | Path) -> Tracker:
-    """Every row of every table with Run ID, Milestone and Status columns, in file order."""
-    rows: list[TrackerRow] = []
+def _run_rows(path: str | Path, doc: md.Document, tables: list[md.Table]) -> list[_RunRow]:
+    """The non-empty rows of `tables`; the milestone is the Milestone cell, else the nearest heading above
+    naming one. DocumentError for an empty or repeated Run ID, or a milestone that cannot be told."""
+    rows: list[_RunRow] = []
     seen: dict[str, int] = {}
-    for table in _tracker_tables(path, md.parse(read_document(path))):
-        col = table.column("System / Variant") or table.column("System/Variant") or table.column("System")
+    for table in tables:
+        above = _milestone_above(doc, table.line)
         for row in table.rows:
             if not any(row.values):
                 continue
@@ -164,74 +205,167 @@ def load_tracker(path: str | Path) -> Tracker:
             if run_id in seen:
                 raise _error(path, row.line, f"run {run_id} listed twice (first at line {seen[run_id]})")
             seen[run_id] = row.line
-            system = row.values[col] if col is not None and col < len(row.values) else ""
-            rows.append(TrackerRow(
-                run_id=run_id, milestone=_split_id(table.get(row, "Milestone"))[0],
-                purpose=table.get(row, "Purpose"), system=system,
-                priority=_norm_priority(table.get(row, "Priority")), status=_plain(table.get(row, "Status")).upper(),
-                notes=table.get(row, "Notes"), line=row.line, cells=table.cells(row)))
-    return Tracker(str(path), rows)
+            milestone = _split_id(table.get(row, "Milestone"))[0] or above
+            if not milestone:
+                raise _error(path, row.line, f"cannot tell the milestone of run {run_id}: no Milestone cell, and "
+                                             "no heading above names one (like '## M0: Sanity')")
+            rows.append(_RunRow(table, row, run_id, milestone))
+    return rows
 
 
-def _snapshot(doc: md.Document) -> dict[str, tuple[int, str, str]]:
-    """Current Snapshot bullets: normalised key -> (line, prefix up to the value, value)."""
-    heading = doc.find_heading("current snapshot")
-    if heading is None:
-        return {}
-    out: dict[str, tuple[int, str, str]] = {}
-    for line in range(heading.line + 1, doc.section_end(heading)):
-        m = _BULLET.match(doc.lines[line - 1])
-        if m:
-            out.setdefault(md.normalize(m.group(2)), (line, m.group(1), m.group(3)))
-    return out
+# ---- the plan --------------------------------------------------------------------------------------
 
 
-def load_workflow(path: str | Path) -> WorkflowState:
-    """The snapshot's current stage and edit permission, and the Stage Gates table."""
+def load_plan(path: str | Path) -> Plan:
+    """The plan's milestones (its Run Order, in order), the runs its run tables list, and its blocks."""
     doc = md.parse(read_document(path))
-    snap = _snapshot(doc)
-    stage: int | None = None
-    if "current stage" in snap:
-        line, _, value = snap["current stage"]
-        m = re.match(r"\d+", _plain(value))
-        if m is None:
-            raise _error(path, line, f"Current Stage is not a stage number: {value!r}")
-        stage = int(m.group())
-    permission = _plain(snap.get("code edit permission", (0, "", ""))[2]) or None
-    return WorkflowState(str(path), stage, permission, _gates(path, doc)[1])
+    problem = None
+    for text in doc.lines:
+        m = _BOLD_FIELD.match(text)
+        if m and md.header_key(m.group(1)) == "problem":
+            problem = m.group(2).strip() or None
+            break
+    section = doc.find_heading(*RUN_ORDER_HEADINGS)
+    return Plan(str(path), problem, _milestones(path, doc, section), _blocks(doc), _plan_runs(path, doc, section))
 
 
-def _gates(path: str | Path, doc: md.Document) -> tuple[md.Table, list[StageGate]]:
-    table = _find_table(path, doc, GATE_COLUMNS, ("stage gates",))
-    gates: list[StageGate] = []
+def _span(doc: md.Document, section: md.Heading | None) -> tuple[int, int]:
+    """First line and line after the last of `section`; the whole document when None."""
+    return (section.line, doc.section_end(section)) if section else (1, len(doc.lines) + 1)
+
+
+def _milestones(path: str | Path, doc: md.Document, section: md.Heading | None) -> list[Milestone]:
+    """The Run Order: a milestone table, else milestone headings; in the run-order section, else anywhere."""
+    for start, end in dict.fromkeys([_span(doc, section), _span(doc, None)]):
+        table = next((t for t in doc.tables_in(start, end) if not t.missing(PLAN_COLUMNS)), None)
+        if table is not None:
+            return _table_milestones(path, doc, table)
+        marks = [(h, named) for h in doc.headings if start <= h.line < end and (named := _milestone_heading(h))]
+        if marks:
+            return _heading_milestones(path, doc, marks)
+    start, end = _span(doc, section)
+    near = [t for t in doc.tables_in(start, end) or doc.tables if t.column("Milestone") is not None]
+    if near:
+        raise _error(path, near[0].line, f"table lacks column(s) {_quoted(near[0].missing(PLAN_COLUMNS))}")
+    where = f" under '{'#' * section.level} {section.text}'" if section else ""
+    raise _error(path, section.line if section else 1, f"no Run Order found{where}; looked for {RUN_ORDER_FORMS}")
+
+
+def _table_milestones(path: str | Path, doc: md.Document, table: md.Table) -> list[Milestone]:
+    """One milestone per Milestone cell, in table order (a table with a Run ID column repeats them)."""
+    headings: dict[str, md.Heading] = {}
+    for h in doc.headings:
+        named = _milestone_heading(h)
+        if named:
+            headings.setdefault(named[0], h)
+    repeats = table.column("Run ID") is not None
+    milestones: list[Milestone] = []
+    seen: dict[str, int] = {}
     for row in table.rows:
         if not any(row.values):
             continue
-        m = _STAGE.match(_plain(table.get(row, "Stage")))
-        if m is None:
-            raise _error(path, row.line, f"Stage cell does not start with a stage number: {table.get(row, 'Stage')!r}")
-        gates.append(StageGate(int(m.group(1)), m.group(2).strip(), _plain(table.get(row, "Gate Status")),
-                               table.get(row, "Evidence"), row.line))
-    return table, gates
+        mid, title = _split_id(table.get(row, "Milestone"))
+        if not mid:
+            raise _error(path, row.line, "empty Milestone cell")
+        if mid in seen and not repeats:
+            raise _error(path, row.line, f"milestone {mid} listed twice (first at line {seen[mid]})")
+        if mid in seen:
+            continue
+        seen[mid] = row.line
+        heading = headings.get(mid)
+        priority = _priority(table.get(row, "Priority")) or (
+            _priority(_field(_fields(doc, heading), "Priority")) if heading else None)
+        get = table.get
+        milestones.append(Milestone(mid, title, get(row, "Goal"), get(row, "Runs"), get(row, "Decision Gate"),
+                                    row.line, priority))
+    return milestones
+
+
+def _heading_milestones(
+    path: str | Path, doc: md.Document, marks: list[tuple[md.Heading, tuple[str, str]]]
+) -> list[Milestone]:
+    """One milestone per `### M0: Title` heading, its goal, gate and priority from its bold lines."""
+    milestones: list[Milestone] = []
+    seen: dict[str, int] = {}
+    for heading, (mid, title) in marks:
+        if mid in seen:
+            raise _error(path, heading.line, f"milestone {mid} listed twice (first at line {seen[mid]})")
+        seen[mid] = heading.line
+        fields = _fields(doc, heading)
+        milestones.append(Milestone(mid, title, _field(fields, "Goal"), _field(fields, "Runs"),
+                                    _field(fields, "Decision Gate"), heading.line,
+                                    _priority(_field(fields, "Priority"))))
+    return milestones
+
+
+def _plan_runs(path: str | Path, doc: md.Document, section: md.Heading | None) -> list[PlanRun]:
+    """The rows of the plan's run tables: those with a Run ID column in the run-order section or under a
+    milestone heading."""
+    start, end = _span(doc, section)
+    tables = [t for t in doc.tables if t.column("Run ID") is not None
+              and ((section is not None and start <= t.line < end) or _milestone_above(doc, t.line))]
+    return [PlanRun(r.run_id, r.milestone, r.get("Description") or r.get("Goal"), command_of(r.get("Command")),
+                    depends_on_of(r.get("Depends On")), r.row.line, r.table.cells(r.row))
+            for r in _run_rows(path, doc, tables)]
+
+
+def _blocks(doc: md.Document) -> list[Block]:
+    blocks: list[Block] = []
+    for heading in doc.headings:
+        m = _BLOCK.match(heading.text)
+        if not m:
+            continue
+        fields = _fields(doc, heading)
+        blocks.append(Block(int(m.group(1)), m.group(2).strip(), _priority(_field(fields, "Priority")), fields,
+                            heading.line))
+    return blocks
+
+
+# ---- the tracker -----------------------------------------------------------------------------------
+
+
+def _tracker_tables(path: str | Path, doc: md.Document) -> list[md.Table]:
+    """Every table with a Run ID (or Run) and a Status column; DocumentError when there is none."""
+    tables = [t for t in doc.tables if not t.missing(TRACKER_COLUMNS)]
+    if tables:
+        return tables
+    near = next((t for t in doc.tables if t.column("Run ID") is not None), None)
+    lacks = f"; this one lacks {_quoted(near.missing(TRACKER_COLUMNS))}" if near else ""
+    raise _error(path, near.line if near else 1, f"no run table with columns {_looked_for(TRACKER_COLUMNS)}{lacks}")
+
+
+def _norm_priority(value: str) -> str:
+    upper = _plain(value).upper()
+    return "MUST" if upper.startswith("MUST") else "NICE" if upper.startswith("NICE") else upper
+
+
+def load_tracker(path: str | Path) -> Tracker:
+    """Every row of every run table (Run ID and Status columns), in file order; Status as written."""
+    doc = md.parse(read_document(path))
+    rows = [TrackerRow(
+        run_id=r.run_id, milestone=r.milestone, purpose=r.get("Purpose"), system=r.get("System / Variant"),
+        priority=_norm_priority(r.get("Priority")), status=r.get("Status"), notes=r.get("Notes"), line=r.row.line,
+        cells=r.table.cells(r.row), command=command_of(r.get("Command")), depends_on=depends_on_of(r.get("Depends On")))
+        for r in _run_rows(path, doc, _tracker_tables(path, doc))]
+    return Tracker(str(path), rows)
 
 
 def update_tracker(path: str | Path, updates: Mapping[str, Mapping[str, str]]) -> bool:
     """Set cells of tracker rows by Run ID, e.g. `{"R001": {"Status": "DONE", "Notes": "acc 71.2"}}`.
 
-    Only those cells change; the file is rewritten atomically, and only when something changed (returned).
-    An unknown run or column is a DocumentError and nothing is written.
+    Columns are named as in any table (`Status` finds `状态`). Only those cells change; the file is rewritten
+    atomically, and only when something changed (returned). An unknown run or column is a DocumentError and
+    nothing is written.
     """
     text = read_document(path)
-    where: dict[str, tuple[md.Table, md.TableRow]] = {}
-    tables = _tracker_tables(path, md.parse(text))
-    for table in tables:
-        for row in table.rows:
-            where.setdefault(_plain(table.get(row, "Run ID")), (table, row))
+    doc = md.parse(text)
+    tables = _tracker_tables(path, doc)
+    where = {r.run_id: r for r in _run_rows(path, doc, tables)}
     edited = text
     for run_id, cells in updates.items():
         if run_id not in where:
             raise _error(path, tables[0].line, f"no row with Run ID '{run_id}'")
-        table, row = where[run_id]
+        table, row = where[run_id].table, where[run_id].row
         missing = table.missing(cells)
         if missing:
             raise _error(path, table.line, f"table lacks column(s) {_quoted(missing)} (run {run_id})")
@@ -242,10 +376,80 @@ def update_tracker(path: str | Path, updates: Mapping[str, Mapping[str, str]]) -
     return True
 
 
+# ---- the workflow state ----------------------------------------------------------------------------
+
+
+def _snapshot(doc: md.Document) -> dict[str, tuple[int, str, str]]:
+    """Current Snapshot bullets: normalised key -> (line, prefix up to the value, value)."""
+    heading = doc.find_heading("current snapshot", "当前快照")
+    if heading is None:
+        return {}
+    out: dict[str, tuple[int, str, str]] = {}
+    for line in range(heading.line + 1, doc.section_end(heading)):
+        m = _BULLET.match(doc.lines[line - 1])
+        if m:
+            out.setdefault(md.normalize(m.group(2)), (line, m.group(1), m.group(3)))
+    return out
+
+
+def _name_key(name: str) -> str:
+    """A stage name for comparing: case-folded, annotations dropped, `&`, `and`, `/`, `与`, `和` as spaces."""
+    return " ".join(_NAME_JOINER.sub(" ", md.unannotated(name).casefold()).split())
+
+
+def load_workflow(path: str | Path) -> WorkflowState:
+    """The snapshot's current stage and edit permission, the Stage Gates rows (in order, repeats kept) and
+    the number of the stage named Training & Validation (None when no stage is)."""
+    doc = md.parse(read_document(path))
+    snap = _snapshot(doc)
+    stage: int | None = None
+    if "current stage" in snap:
+        line, _, value = snap["current stage"]
+        m = _STAGE.match(_plain(value))
+        if m is None:
+            raise _error(path, line, f"Current Stage is not a stage number: {value!r}")
+        stage = int(m.group(1))
+    permission = _plain(snap.get("code edit permission", (0, "", ""))[2]) or None
+    gates = _gates(path, doc)[1]
+    training = next((g.stage for g in gates if _name_key(g.name) in TRAINING_NAMES), None)
+    return WorkflowState(str(path), stage, permission, gates, training)
+
+
+def _stage_name(text: str) -> str:
+    """The name after a Stage cell's number: `Training & Validation` for it or for `(Training & Validation)`."""
+    name = _plain(text)
+    bare = _PARENTHESISED.fullmatch(name)
+    return _plain(bare.group(1)) if bare else name
+
+
+def _gates(path: str | Path, doc: md.Document) -> tuple[md.Table, list[StageGate]]:
+    """The Stage Gates table and its rows; a stage's name follows its number or sits in a Name column."""
+    table = _find_table(path, doc, GATE_COLUMNS, ("stage gates", "阶段关卡"))
+    gates: list[StageGate] = []
+    for row in table.rows:
+        if not any(row.values):
+            continue
+        m = _STAGE.match(_plain(table.get(row, "Stage")))
+        if m is None:
+            raise _error(path, row.line, f"Stage cell does not start with a stage number: {table.get(row, 'Stage')!r}")
+        name = _stage_name(m.group(2)) or _plain(table.get(row, "Name"))
+        gates.append(StageGate(int(m.group(1)), name, _plain(table.get(row, "Gate Status")),
+                               table.get(row, "Evidence"), row.line))
+    return table, gates
+
+
+def _styled(old: str, value: str) -> str:
+    """`value` in the bold or code marks `old` is wrapped in (`` `Pass` `` makes `` `Fail` ``)."""
+    m = _WRAPPED.fullmatch(old)
+    wrapped = m is not None and m.group(1) == m.group(3)[::-1] and m.group(2).strip() != ""
+    return f"{m.group(1)}{value}{m.group(3)}" if m is not None and wrapped else value
+
+
 def set_gate(
     path: str | Path, stage: int, status: str, evidence: str | None = None, updated: str | None = None
 ) -> bool:
-    """Set a stage's Gate Status (one of GATE_STATUSES, any case) and, when given, its Evidence.
+    """Set a stage's Gate Status (one of GATE_STATUSES, any case) and, when given, its Evidence, on the
+    stage's last row; a status cell in backticks or bold stays so.
 
     When a cell changed, the snapshot's `Last Updated` bullet, if present, becomes `updated` (default:
     today's date). Returns whether the file changed; it is rewritten atomically.
@@ -256,10 +460,11 @@ def set_gate(
     text = read_document(path)
     doc = md.parse(text)
     table, gates = _gates(path, doc)
-    gate = next((g for g in gates if g.stage == stage), None)
+    gate = next((g for g in reversed(gates) if g.stage == stage), None)
     if gate is None:
         raise _error(path, table.line, f"no gate row for stage {stage}")
-    cells = {"Gate Status": canonical}
+    row = next(r for r in table.rows if r.line == gate.line)
+    cells = {"Gate Status": _styled(table.get(row, "Gate Status"), canonical)}
     if evidence is not None:
         if table.column("Evidence") is None:
             raise _error(path, table.line, "table lacks column 'Evidence'")

@@ -3,6 +3,10 @@
 Everything works on `str` and 1-based line numbers. Reading tolerates a BOM, CRLF endings, missing outer
 pipes, extra or missing cells, alignment rows like `|---|:--:|` and escaped pipes `\\|`. Editing changes only
 the bytes it is asked to change; every other byte of the text, line endings included, stays as it was.
+
+Table columns are found by `header_key`: annotations in parentheses and trailing colons are ignored, and the
+research documents' other names for a column (ALIASES: `Run` for `Run ID`, `状态` for `Status`, ...) count
+as the column's own name, both in the table and in the name asked for.
 """
 
 from __future__ import annotations
@@ -16,11 +20,50 @@ _HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _ALIGN_CELL = re.compile(r":?-+:?")
 _WRAPPERS = "*_` "
+_ANNOTATION = re.compile(r"\s*[(\uff08][^()\uff08\uff09]*[)\uff09]")
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "Run ID": ("Run", "ID", "实验编号", "运行编号"),
+    "Milestone": ("里程碑",),
+    "Goal": ("目标",),
+    "Runs": ("运行内容",),
+    "Decision Gate": ("决策关卡", "Gate"),
+    "Cost": ("预估耗时",),
+    "Status": ("状态",),
+    "Notes": ("备注",),
+    "Command": ("Cmd", "命令"),
+    "Depends On": ("Dependencies", "Deps", "依赖"),
+    "Description": ("Task", "Purpose", "描述"),
+    "System / Variant": ("System/Variant", "System", "Variant"),
+    "Name": ("Stage Name", "名称"),
+}
+"""Column name -> the other names the research documents use for it (the one table of aliases)."""
 
 
 def normalize(name: str) -> str:
     """Header/heading key for matching: case-folded, trimmed, bold/code markers dropped, spaces collapsed."""
     return " ".join(name.strip().strip(_WRAPPERS).casefold().split())
+
+
+def unannotated(text: str) -> str:
+    """`text` without annotations in parentheses (`Gate Status (`Pass` / `Fail`)` -> `Gate Status`), unless
+    nothing else is left."""
+    stripped = _ANNOTATION.sub("", text).strip()
+    return stripped or text.strip()
+
+
+def _bare_key(name: str) -> str:
+    return normalize(normalize(unannotated(name)).rstrip(":\uff1a"))
+
+
+_ALIAS_KEYS = {_bare_key(alias): _bare_key(name) for name, aliases in ALIASES.items() for alias in aliases}
+
+
+def header_key(name: str) -> str:
+    """A column's matching key: normalised, annotations and trailing colons dropped, aliases mapped to the
+    column's canonical name (`Run`, `**Run ID:**` and `运行编号` all give `run id`)."""
+    key = _bare_key(name)
+    return _ALIAS_KEYS.get(key, key)
 
 
 @dataclass(frozen=True)
@@ -47,9 +90,9 @@ class Table:
     """Last line of the table (the alignment row when there are no rows)."""
 
     def column(self, name: str) -> int | None:
-        """Index of the first header whose normalised name is `name`'s, or None."""
-        key = normalize(name)
-        return next((i for i, h in enumerate(self.headers) if normalize(h) == key), None)
+        """Index of the first header with `name`'s header_key (an alias or annotated name matches), or None."""
+        key = header_key(name)
+        return next((i for i, h in enumerate(self.headers) if header_key(h) == key), None)
 
     def missing(self, names: Iterable[str]) -> list[str]:
         return [n for n in names if self.column(n) is None]
@@ -85,6 +128,10 @@ class Document:
 
     def tables_in(self, start: int, end: int) -> list[Table]:
         return [t for t in self.tables if start <= t.line < end]
+
+    def enclosing(self, line: int) -> list[Heading]:
+        """The headings whose sections hold `line`, outermost first (`#`, then `##`, ...)."""
+        return [h for h in self.headings if h.line < line < self.section_end(h)]
 
 
 def split_lines(text: str) -> list[str]:
@@ -222,19 +269,19 @@ def _set_span(content: str, span: tuple[int, int], value: str) -> str:
 
 
 def set_cells(text: str, header_line: int, row_line: int, values: Mapping[str, str]) -> str:
-    """`text` with the named cells of the row at `row_line` set (headers matched normalised).
+    """`text` with the named cells of the row at `row_line` set (headers matched by header_key).
 
     Only those cells' bytes change; a short row first gets the empty cells it lacks. Setting a cell to
     the value it already holds changes nothing. Raises ValueError for an unknown header.
     """
-    headers = [normalize(h) for h in split_row(line_at(text, header_line))]
+    headers = [header_key(h) for h in split_row(line_at(text, header_line))]
     content = line_at(text, row_line)
     current = split_row(content)
     edits: dict[int, str] = {}
     for name, value in values.items():
-        if normalize(name) not in headers:
+        if header_key(name) not in headers:
             raise ValueError(f"no column {name!r} in the table at line {header_line}")
-        col = headers.index(normalize(name))
+        col = headers.index(header_key(name))
         if (current[col] if col < len(current) else "") != _clean(value):
             edits[col] = format_cell(value)
     if not edits:
@@ -252,9 +299,9 @@ def set_cells(text: str, header_line: int, row_line: int, values: Mapping[str, s
 
 
 def format_row(headers: Iterable[str], values: Mapping[str, str]) -> str:
-    """A table line with `values` (by normalised header) under `headers`, empty cells elsewhere."""
-    by_key = {normalize(k): v for k, v in values.items()}
-    cells = [format_cell(by_key.get(normalize(h), "")) for h in headers]
+    """A table line with `values` (by header_key) under `headers`, empty cells elsewhere."""
+    by_key = {header_key(k): v for k, v in values.items()}
+    cells = [format_cell(by_key.get(header_key(h), "")) for h in headers]
     return "| " + " | ".join(cells) + " |"
 
 

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 
 from exq.api import Job, JobStatus
-from exq.bridge.compile import GATE_SUFFIX, block_of
+from exq.bridge.compile import GATE_SUFFIX, block_of, with_milestone_priorities
 from exq.bridge.gates import as_number
 from exq.bridge.model import Milestone, Plan, Tracker, TrackerRow
 from exq.bridge.runs import RunsFile
@@ -15,13 +15,13 @@ from exq.text import one_line
 PASSED, FAILED, PENDING = "PASSED", "FAILED", "PENDING"
 """Milestone verdicts, as EXPERIMENT_RESULTS.md headings write them."""
 REASON_CHARS = 160
-_WORDS = {JobStatus.QUEUED: "TODO", JobStatus.RUNNING: "RUNNING", JobStatus.UNKNOWN: "RUNNING",
+_WORDS = {JobStatus.QUEUED: "QUEUED", JobStatus.RUNNING: "RUNNING", JobStatus.UNKNOWN: "RUNNING",
           JobStatus.SUCCEEDED: "DONE", JobStatus.FAILED: "FAILED", JobStatus.BLOCKED: "BLOCKED",
-          JobStatus.CANCELLED: "SKIPPED"}
+          JobStatus.CANCELLED: "CANCELLED"}
 
 
 def gate_word(job: Job) -> str:
-    """A single job's status in the tracker's words (TODO, RUNNING, DONE, FAILED, BLOCKED, SKIPPED)."""
+    """A single job's status in the tracker's words (QUEUED, RUNNING, DONE, FAILED, BLOCKED, CANCELLED)."""
     return _WORDS[job.status]
 
 
@@ -40,7 +40,7 @@ class RunProgress:
 
     @property
     def status(self) -> str:
-        """The tracker Status: TODO, RUNNING, DONE, FAILED, BLOCKED or SKIPPED (cancelled)."""
+        """The tracker Status: QUEUED, RUNNING, DONE, FAILED, BLOCKED or CANCELLED."""
         statuses = {job.status for job in self.jobs}
         if JobStatus.FAILED in statuses:
             return "FAILED"
@@ -52,7 +52,7 @@ class RunProgress:
             return "DONE"
         if JobStatus.BLOCKED in statuses:
             return "BLOCKED"
-        return "SKIPPED" if JobStatus.CANCELLED in statuses else "TODO"
+        return "CANCELLED" if JobStatus.CANCELLED in statuses else "QUEUED"
 
     @property
     def finished(self) -> bool:
@@ -178,6 +178,7 @@ def plan_progress(plan: Plan, tracker: Tracker, runs: RunsFile, submission: str,
             gates[job.phase[: -len(GATE_SUFFIX)]] = job
         elif isinstance(run := job.params.get("run"), str):
             by_run.setdefault(run, []).append(job)
+    tracker = with_milestone_priorities(plan, tracker)
     milestones = []
     for milestone in plan.milestones:
         progress = []

@@ -1,8 +1,9 @@
 """EXPERIMENT_RESULTS.md: a section per milestone (`### M0: Sanity — PASSED`) with a table of its runs,
 and the must-run count under `## Summary`.
 
-Created when missing; otherwise only the verdict word of each milestone heading, the cells of exq's rows,
-the rows it adds and the must-run count line change. Everything else stays byte for byte.
+Created when missing; otherwise only the verdict word of each milestone heading exq runs, the rows it adds, the
+Status of its runs' rows, its own part (exq.bridge.owned) of their Key Metric, an empty System cell, and the
+must-run count line change. Everything else, a person's words in those rows included, stays byte for byte.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from pathlib import Path
 
 from exq.bridge import markdown as md
+from exq.bridge.owned import exq_part, merge
 from exq.bridge.progress import PASSED, PENDING, MilestoneProgress, PlanProgress, gate_word
 
 COLUMNS = ("Run", "System", "Key Metric", "Status")
@@ -33,13 +35,13 @@ def update_results(text: str, progress: PlanProgress) -> str:
 
 
 def _rows(milestone: MilestoneProgress) -> dict[str, dict[str, str]]:
-    rows = {run.row.run_id: {"System": run.row.system, "Key Metric": run.summary or run.reason,
+    rows = {run.row.run_id: {"System": run.row.system, "Key Metric": merge("", run.summary or run.reason),
                              "Status": run.status} for run in milestone.runs}
     if milestone.gate is not None:
         gate = milestone.gate
         checks = (gate.result or {}).get("checks")
         detail = milestone.gate_reason or (f"{len(checks)} rule(s) met" if isinstance(checks, list) else "")
-        rows[gate.id] = {"System": "metric gate", "Key Metric": detail, "Status": gate_word(gate)}
+        rows[gate.id] = {"System": "metric gate", "Key Metric": merge("", detail), "Status": gate_word(gate)}
     return rows
 
 
@@ -69,9 +71,19 @@ def _milestone(text: str, milestone: MilestoneProgress) -> str:
         if row is None:
             text = md.append_row(text, table.line, {"Run": run, **present})
         else:
-            text = md.set_cells(text, table.line, row.line, present)
+            text = md.set_cells(text, table.line, row.line, _shared(table, row, present))
         table = next(t for t in md.parse(text).tables if t.line == table.line)
     return text
+
+
+def _shared(table: md.Table, row: md.TableRow, cells: dict[str, str]) -> dict[str, str]:
+    """`cells` for a row already in the table: a person's System stays, and so does their part of Key Metric."""
+    out = dict(cells)
+    if "System" in out and table.get(row, "System"):
+        del out["System"]
+    if "Key Metric" in out:
+        out["Key Metric"] = merge(table.get(row, "Key Metric"), exq_part(out["Key Metric"]))
+    return out
 
 
 def _insert_section(text: str, doc: md.Document, section: list[str]) -> str:

@@ -23,7 +23,7 @@ from exq.bridge.compile import project_root
 from exq.bridge.progress import MilestoneProgress, PlanProgress, RunProgress
 
 HEADER = "# Experiment Log\n"
-_OWN_PARAMS = ("run", "seed", "run_cmd")
+_OWN_PARAMS = ("job", "run", "milestone", "seed", "run_cmd")
 """Params the compiled manifest adds to every job; the others are the run's configuration."""
 
 
@@ -51,7 +51,7 @@ def append_entries(text: str, entries: list[str]) -> str:
 
 
 def _entry(heading: str, run: RunProgress, milestone: MilestoneProgress, submission: str) -> str:
-    seeds = [str(job.params["seed"]) for job in run.jobs if "seed" in job.params]
+    seeds = [str(job.params["seed"]) for job in run.jobs if "seed" in job.params and job.id != run.row.run_id]
     config = [milestone.milestone.id]
     if seeds:
         config.append(f"seed{'s' * (len(seeds) > 1)} {', '.join(seeds)}")

@@ -16,8 +16,10 @@
     gates:                            # machine-checked milestone gates (see exq.bridge.gates)
       M0: [{metric: final_loss, below: initial_loss}]
 
-A run's command comes from `runs.<id>`, else `blocks.<its block>`, else `milestones.<milestone>`, else
-`default`. Placeholders: {run_id}, {milestone}, {seed} and the entry's `params`.
+A run's command comes from `runs.<id>`, else `blocks.<its block>`, else `milestones.<milestone>`, else the
+Command column of the plan, else that of the tracker, else `default` (see exq.bridge.compile). Placeholders in
+this file's commands: {run_id}, {milestone}, {seed} and the entry's `params`. The file is optional when the
+documents hold every command.
 """
 
 from __future__ import annotations
@@ -58,10 +60,18 @@ class RunsFile(_Model):
     default: RunCommand | None = None
     gates: dict[Str, list[GateRule]] = {}
 
+    def entry(self, run_id: str, milestone: str, block: str | None) -> tuple[str, RunCommand] | None:
+        """The entry written for this run and its key (`runs.R003`, `blocks.B2`, `milestones.M0`), in that order
+        of preference; the `default` entry aside."""
+        candidates = ((f"runs.{run_id}", self.runs.get(run_id)),
+                      (f"blocks.{block}", self.blocks.get(block) if block is not None else None),
+                      (f"milestones.{milestone}", self.milestones.get(milestone)))
+        return next(((key, found) for key, found in candidates if found is not None), None)
+
     def command(self, run_id: str, milestone: str, block: str | None) -> RunCommand | None:
         """The entry giving the run's command: by run id, else block, else milestone, else the default."""
-        by_block = self.blocks.get(block) if block is not None else None
-        return self.runs.get(run_id) or by_block or self.milestones.get(milestone) or self.default
+        found = self.entry(run_id, milestone, block)
+        return found[1] if found is not None else self.default
 
     def metric(self, run_id: str, milestone: str, block: str | None) -> str | None:
         """The run's key metric: its entry's, else the file's (None: the first numeric one it wrote)."""
@@ -76,11 +86,17 @@ class LoadedRuns:
     """The runs file's absolute path."""
     problems: Problems
     """For checks after validation, located at the file's lines."""
+    exists: bool = True
+    """False when there is no runs file: every command then comes from the plan or the tracker."""
 
 
-def load_runs(path: Path) -> LoadedRuns:
-    """The runs file at `path`; ManifestError with file:line:field when it is invalid."""
+def load_runs(path: Path, required: bool = True) -> LoadedRuns:
+    """The runs file at `path` (an empty one when it is missing and not `required`); ManifestError with
+    file:line:field when it is invalid."""
     source = str(path.absolute())
+    if not required and not path.exists():
+        runs, problems = parse_document(RunsFile, "{}", source, ManifestError, "a mapping")
+        return LoadedRuns(runs, source, problems, exists=False)
     text = read_document(source, "runs", ManifestError)
     runs, problems = parse_document(RunsFile, text, source, ManifestError,
                                     "a mapping with runs, blocks, milestones or default")

@@ -1,16 +1,17 @@
 """`exq plan sync`: write a plan submission's progress back into the research documents.
 
-The tracker's Status and Notes of each run, EXPERIMENT_RESULTS.md, new EXPERIMENT_LOG.md entries, and,
-once every MUST job (gate jobs included) finished, the stage 5 gate of workflow-state.md: Pass or Fail
-with evidence. Each file is rewritten atomically and only when something changed, so running it again
-changes nothing; only the cells, rows and lines exq owns change.
+The tracker's Status and Notes of each run this submission runs, EXPERIMENT_RESULTS.md, new EXPERIMENT_LOG.md
+entries, and, once every MUST job (gate jobs included) finished, the Training & Validation gate of
+workflow-state.md: Pass or Fail with evidence. Each file is rewritten atomically and only when something
+changed, so running it again changes nothing. What sync owns: the Status cell of the runs it runs, and its
+own part (see exq.bridge.owned) of their Notes, of a results row's Key Metric and of the gate's Evidence;
+rows of runs it does not run are never touched, and a person's words are kept byte for byte.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +28,12 @@ from exq.bridge.documents import (
     update_tracker,
     write_document,
 )
-from exq.bridge.markdown import normalize
-from exq.bridge.plan import TRAINING_STAGE
+from exq.bridge.markdown import header_key
+from exq.bridge.owned import merge
+from exq.bridge.plan import PlanFiles, load_plan_runs, owns_gate
 from exq.bridge.progress import PlanProgress, plan_progress
 from exq.bridge.results import new_document, update_results
 from exq.bridge.runlog import append_entries, new_entries
-from exq.bridge.runs import load_runs
 from exq.errors import NotFoundError
 from exq.text import one_line
 
@@ -45,9 +46,7 @@ REENTRY = ("re-entry classification left to the human (Local Fix, Plan Impact, R
 class SyncTargets:
     """The documents a sync reads and writes."""
 
-    plan: Path
-    tracker: Path
-    runs: Path
+    files: PlanFiles
     results: Path
     log: Path
     workflow: Path | None
@@ -80,15 +79,15 @@ def sync(targets: SyncTargets, paths: api.StatePaths, submission: str | None = N
     """Bring the documents up to date with the queue (one sync at a time per state directory)."""
     with FileLock(str(paths.root / "plan-sync.lock"), timeout=120):
         view = api.status(paths)
-        sub = find_submission(view, targets.plan, submission)
+        sub = find_submission(view, targets.files.plan, submission)
         report = SyncReport(sub)
         jobs = [j for j in view.state.jobs if j.submission == sub]
         if not jobs:
             report.notes.append(f"submission {sub} waits for a daemon to take it in: nothing to sync yet")
             return report
-        plan, tracker = load_plan(targets.plan), load_tracker(targets.tracker)
-        progress = plan_progress(plan, tracker, load_runs(targets.runs).file, sub, jobs)
-        _tracker(targets.tracker, progress, report)
+        plan, tracker = load_plan(targets.files.plan), load_tracker(targets.files.tracker)
+        progress = plan_progress(plan, tracker, load_plan_runs(targets.files).file, sub, jobs)
+        _tracker(targets.files.tracker, progress, report)
         _results(targets, progress, report)
         _log(targets.log, progress, report)
         if targets.workflow is not None:
@@ -100,9 +99,8 @@ def _tracker(path: Path, progress: PlanProgress, report: SyncReport) -> None:
     updates: dict[str, dict[str, str]] = {}
     for run in progress.runs:
         cells = {"Status": run.status}
-        notes = run.notes()
-        if notes and any(normalize(name) == "notes" for name in run.row.cells):
-            cells["Notes"] = notes
+        if any(header_key(name) == "notes" for name in run.row.cells):
+            cells["Notes"] = merge(run.row.notes, run.notes())
         updates[run.row.run_id] = cells
     if update_tracker(path, updates):
         report.changed.append(f"{path}: Status and Notes of {len(updates)} run(s)")
@@ -113,7 +111,7 @@ def _results(targets: SyncTargets, progress: PlanProgress, report: SyncReport) -
     if path.exists():
         text = read_document(path)
     else:
-        plan = os.path.relpath(targets.plan.resolve(), path.resolve().parent)
+        plan = os.path.relpath(targets.files.plan.resolve(), path.resolve().parent)
         text = new_document(plan, datetime.date.today().isoformat())
     edited = update_results(text, progress)
     if edited != text or not path.exists():
@@ -131,22 +129,28 @@ def _log(path: Path, progress: PlanProgress, report: SyncReport) -> None:
 
 
 def _workflow(path: Path, progress: PlanProgress, report: SyncReport) -> None:
-    """Pass or Fail the stage 5 gate once the plan's MUST jobs finished; only a gate this submission set."""
-    gate = load_workflow(path).gate(TRAINING_STAGE)
-    ours = re.compile(rf"\bexq submission {re.escape(progress.submission)}\b")
-    if gate is None or not ours.search(gate.evidence) or gate.status.casefold() not in ("in progress", "pass", "fail"):
+    """Pass or Fail the training gate once the plan's MUST jobs finished; only a gate this submission set."""
+    state = load_workflow(path)
+    if state.training_stage is None:
+        report.notes.append(f"{path}: a workflow without a Training & Validation stage ({state.describe()}): "
+                            "left alone")
+        return
+    stage = state.training_stage
+    gate = state.gate(stage)
+    if gate is None or not owns_gate(gate.evidence, progress.submission) or \
+            gate.status.casefold() not in ("in progress", "pass", "fail"):
         shown = f"{gate.status!r} ({gate.evidence or 'no evidence'})" if gate else "missing"
-        report.notes.append(f"{path}: the stage {TRAINING_STAGE} gate is {shown}, not this submission's: left alone")
+        report.notes.append(f"{path}: the stage {stage} gate is {shown}, not this submission's: left alone")
         return
     if progress.finished:
-        status, evidence = ("Pass" if progress.passed else "Fail"), _evidence(progress)
+        status, ours = ("Pass" if progress.passed else "Fail"), _evidence(progress)
     elif gate.status.casefold() != "in progress":  # jobs were retried after the gate was decided
         done, total = progress.must_done
-        status, evidence = "In Progress", f"exq submission {progress.submission} ({done}/{total} must-run done)"
+        status, ours = "In Progress", f"submission {progress.submission} ({done}/{total} must-run done)"
     else:
         return
-    if set_gate(path, TRAINING_STAGE, status, evidence):
-        report.changed.append(f"{path}: stage {TRAINING_STAGE} gate {status}")
+    if set_gate(path, stage, status, merge(gate.evidence, ours)):
+        report.changed.append(f"{path}: stage {stage} gate {status}")
 
 
 def _evidence(progress: PlanProgress) -> str:
@@ -163,6 +167,6 @@ def _evidence(progress: PlanProgress) -> str:
         else:
             detail = [f"{r.row.run_id} {r.status}" for r in milestone.must]
         parts.append(f"{milestone.milestone.id} {milestone.verdict} ({', '.join(detail)})")
-    head = f"exq submission {progress.submission}: {done}/{total} must-run done"
+    head = f"submission {progress.submission}: {done}/{total} must-run done"
     text = "; ".join([head, *([] if progress.passed else [REENTRY]), *parts])
     return one_line(text, EVIDENCE_CHARS)

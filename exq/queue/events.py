@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from exq.queue.jobspec import JobSpec, Scalar
-from exq.queue.outcome import Outcome
+from exq.queue.outcome import Outcome, RetryKind
 from exq.queue.state import Attempt, JobStatus, Submission, SupersededHow
 
 
@@ -60,7 +60,7 @@ class Ended(_Event):
     result: dict[str, Any] | None = None
     status: JobStatus
     not_before: float | None = None
-    retry_kind: Literal["oom", "failure", "lost"] | None = None
+    retry_kind: RetryKind | None = None
     params: dict[str, Scalar] | None = None
     cmd: str | None = None
 

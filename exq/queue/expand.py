@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exq.queue.jobspec import Scalar
@@ -148,6 +148,7 @@ class PhaseJobs:
     name: str
     path: Path
     after: list[str]
+    """Names of the phases it waits for, and ids of jobs (of any phase) it waits for."""
     match: list[str]
     keys: list[str]
     """The param keys of its jobs (grid keys and fixed params)."""
@@ -155,20 +156,33 @@ class PhaseJobs:
     """(job id, params) of each job."""
 
 
+def _job_phases(phases: Sequence[PhaseJobs]) -> dict[str, str]:
+    """Job id -> the name of its phase, for `after` entries that name a job rather than a phase."""
+    return {job_id: phase.name for phase in phases for job_id, _ in phase.jobs}
+
+
+def _after_phases(phase: PhaseJobs, names: Collection[str], owners: Mapping[str, str]) -> list[str]:
+    """The phases `phase` waits for: those its `after` names, and those of the jobs it names."""
+    found = [name if name in names else owners[name] for name in phase.after if name in names or name in owners]
+    return list(dict.fromkeys(found))
+
+
 def check_graph(phases: Sequence[PhaseJobs], problems: Problems) -> bool:
-    """Report unknown `after` names and cycles; True when the phase graph is sound."""
+    """Report unknown `after` names (neither a phase nor a job id) and cycles; True when the graph is sound."""
     names = {p.name for p in phases}
+    owners = _job_phases(phases)
     ok = True
     for phase in phases:
         for i, name in enumerate(phase.after):
-            if name not in names:
-                problems.add((*phase.path, "after", i),
-                             f"unknown phase {name!r}; phases: {', '.join(sorted(names))}")
+            if name not in names and name not in owners:
+                problems.add((*phase.path, "after", i), f"unknown phase {name!r}; phases: {', '.join(sorted(names))} "
+                                                        "(job ids of this submission are accepted too)")
                 ok = False
-    return not _report_cycles(phases, problems) and ok
+    return not _report_cycles(phases, owners, problems) and ok
 
 
-def _report_cycles(phases: Sequence[PhaseJobs], problems: Problems) -> bool:
+def _report_cycles(phases: Sequence[PhaseJobs], owners: Mapping[str, str], problems: Problems) -> bool:
+    """Report each cycle of phases; an `after` naming a job is an edge to that job's phase."""
     by_name = {p.name: p for p in phases}
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     found = False
@@ -176,9 +190,7 @@ def _report_cycles(phases: Sequence[PhaseJobs], problems: Problems) -> bool:
     def visit(name: str, stack: list[str]) -> None:
         nonlocal found
         state[name] = 1
-        for up in by_name[name].after:
-            if up not in by_name:
-                continue
+        for up in _after_phases(by_name[name], by_name, owners):
             if state.get(up) == 1:
                 cycle = [*stack[stack.index(up):], up] if up in stack else [name, up]
                 problems.add((*by_name[name].path, "after"), f"cycle in after: {' -> '.join(cycle)}")
@@ -195,7 +207,8 @@ def _report_cycles(phases: Sequence[PhaseJobs], problems: Problems) -> bool:
 
 def _check_match(phase: PhaseJobs, by_name: Mapping[str, PhaseJobs], problems: Problems) -> bool:
     ok = True
-    if phase.match and not phase.after:
+    upstream = [name for name in phase.after if name in by_name]
+    if phase.match and not upstream:
         problems.add((*phase.path, "match"), "match needs after: name the phases whose jobs to match")
         return False
     for i, key in enumerate(phase.match):
@@ -204,7 +217,7 @@ def _check_match(phase: PhaseJobs, by_name: Mapping[str, PhaseJobs], problems: P
                          f"match key {key!r} is not a param or grid key of phase {phase.name!r}; "
                          f"its keys: {', '.join(phase.keys) or '(none)'}")
             ok = False
-        for up in phase.after:
+        for up in upstream:
             if key not in by_name[up].keys:
                 problems.add((*phase.path, "match", i),
                              f"match key {key!r} is not a param or grid key of upstream phase {up!r}; "
@@ -216,18 +229,20 @@ def _check_match(phase: PhaseJobs, by_name: Mapping[str, PhaseJobs], problems: P
 def _phase_deps(
     phase: PhaseJobs, by_name: Mapping[str, PhaseJobs], problems: Problems
 ) -> dict[str, list[str]]:
+    """Each job's upstream jobs: those of the phases in `after` (per `match`), then the jobs it names."""
     deps: dict[str, list[str]] = {}
     unmatched: list[str] = []
+    named_jobs = [name for name in phase.after if name not in by_name]
     for job_id, params in phase.jobs:
         ids: list[str] = []
-        for up in phase.after:
+        for up in (name for name in phase.after if name in by_name):
             found = [uid for uid, up_params in by_name[up].jobs
                      if all(same(params[k], up_params[k]) for k in phase.match)]
             if not found:
                 wanted = show({k: params[k] for k in phase.match})
                 unmatched.append(f"job {job_id!r} ({wanted}) matches no job of phase {up!r}")
             ids.extend(uid for uid in found if uid not in ids)
-        deps[job_id] = ids
+        deps[job_id] = [*ids, *(uid for uid in named_jobs if uid not in ids)]
     for message in unmatched[:_MAX_REPORTED]:
         problems.add((*phase.path, "match"), message)
     if len(unmatched) > _MAX_REPORTED:
@@ -236,7 +251,7 @@ def _phase_deps(
 
 
 def resolve_deps(phases: Sequence[PhaseJobs], problems: Problems) -> dict[str, list[str]]:
-    """Job id -> ids of the upstream jobs it waits for, per each phase's after and match."""
+    """Job id -> ids of the upstream jobs it waits for, per each phase's after (phases and job ids) and match."""
     if not check_graph(phases, problems):
         return {}
     by_name = {p.name: p for p in phases}

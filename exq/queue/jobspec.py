@@ -45,8 +45,18 @@ class FailureRetry(_Frozen):
     backoff: float = Field(0.0, ge=0)
 
 
+class TransientRetry(_Frozen):
+    """Retries after a failure whose log tail matches one of `match` (e.g. 'CUDA error: unknown error')."""
+
+    match: list[str] = Field(default_factory=list,
+                             description="Python regular expressions searched in the log tail (multiline).")
+    max: int = Field(3, ge=0)
+    backoff: float = Field(10.0, ge=0)
+
+
 class RetryPolicy(_Frozen):
     oom: OomRetry = OomRetry()
+    transient: TransientRetry = TransientRetry()
     failure: FailureRetry = FailureRetry()
     lost: FailureRetry = Field(FailureRetry(max=3), description="Retries after the job's host was lost.")
 
@@ -90,6 +100,12 @@ class JobSpec(_Frozen):
     priority: int = 0
     hosts: list[str] | None = Field(None, description="Hosts the job may run on (default: any).")
     sync: SyncSpec | None = None
+    devices: dict[str, list[int]] = Field(
+        default_factory=dict, description="GPU indices the job may use on each named host; other hosts: any.")
+    wait_for: list[str] = Field(
+        default_factory=list, description="Globs, relative to workdir, each matching something before launch.")
+    foreign_threshold: int | None = Field(
+        None, gt=0, description="Foreign memory (bytes) at which a GPU counts as taken (default: the daemon's).")
 
 
 class Hook(_Frozen):
@@ -108,3 +124,6 @@ class SubmissionSpec(_Frozen):
     phases: list[str]
     jobs: list[JobSpec]
     on_job_end: Hook | None = None
+    max_parallel: int | None = Field(None, ge=1, description="At most this many of its jobs running at once.")
+    phase_max_parallel: dict[str, int] = Field(
+        default_factory=dict, description="Per phase name: at most this many of its jobs running at once.")

@@ -131,6 +131,8 @@ class Ledger:
             job.result = event.result
         if event.retry_kind == "oom":
             job.oom_retries += 1
+        elif event.retry_kind == "transient":
+            job.transient_retries += 1
         elif event.retry_kind == "failure":
             job.failure_retries += 1
         elif event.retry_kind == "lost":
@@ -163,7 +165,7 @@ class Ledger:
         for job in (self.jobs[key] for key in keys):
             self._set_status(job, JobStatus.QUEUED)
             job.reason, job.not_before, job.finished_at = None, None, None
-            job.oom_retries = job.failure_retries = job.lost_retries = 0
+            job.oom_retries = job.transient_retries = job.failure_retries = job.lost_retries = 0
             job.cancel_requested = False
             job.params, job.cmd = dict(job.spec.params), job.spec.cmd
 

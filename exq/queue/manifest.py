@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from exq.config import LOCAL
 from exq.errors import InputProblem, ManifestError
 from exq.queue import expand
 from exq.queue.jobspec import (
@@ -38,10 +39,12 @@ from exq.queue.jobspec import (
     Scalar,
     SubmissionSpec,
     SyncSpec,
+    TransientRetry,
 )
 from exq.queue.template import TemplateError, command_placeholders, placeholders, render, render_cmd, render_id
 from exq.queue.template import format_value as _text
 from exq.queue.template import unknown_placeholder_message as _unknown
+from exq.units import parse_size
 from exq.yamldoc import Path, Problems, decode_document, parse_document, read_document, show, text_problem
 from exq.yamlfields import (
     Bool,
@@ -54,9 +57,12 @@ from exq.yamlfields import (
     Name,
     NonNegNumber,
     PosDuration,
+    Regex,
     Size,
     Str,
+    is_int,
     leaf,
+    units,
 )
 
 # ---------------------------------------------------------------- manifest-only leaf types
@@ -90,6 +96,26 @@ ZipGroup = Annotated[dict[Str, Values], AfterValidator(_equal_lengths)]
 Names = Annotated[list[Str], BeforeValidator(_one_or_list)]
 Command = Annotated[str, leaf("a shell command (a non-empty string)", lambda v: isinstance(v, str) and bool(v.strip()))]
 
+
+def _gpu_indices(value: list[int]) -> list[int]:
+    if not value:
+        raise ValueError("expected a non-empty list of GPU indices, got an empty list")
+    twice = next((i for n, i in enumerate(value) if i in value[:n]), None)
+    if twice is not None:
+        raise ValueError(f"GPU index {twice} appears more than once")
+    return value
+
+
+def _positive_size(value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"expected a positive size such as 500MiB or 2GiB, got {value}")
+    return value
+
+
+PositiveInt = Annotated[int, leaf("an integer >= 1", lambda v: is_int(v) and v >= 1)]
+GpuIndices = Annotated[list[Count], AfterValidator(_gpu_indices)]
+PositiveSize = Annotated[int, units(parse_size), AfterValidator(_positive_size)]
+
 # ---------------------------------------------------------------- the document models
 
 
@@ -109,8 +135,15 @@ class FailureRetryModel(_Model):
     backoff: Duration = 0.0
 
 
+class TransientRetryModel(_Model):
+    match: list[Regex] = []
+    max: Count = 3
+    backoff: Duration = 10.0
+
+
 class RetryModel(_Model):
     oom: OomRetryModel = OomRetryModel()
+    transient: TransientRetryModel = TransientRetryModel()
     failure: FailureRetryModel = FailureRetryModel()
     lost: FailureRetryModel = FailureRetryModel(max=3)
 
@@ -140,6 +173,9 @@ class SettingsModel(_Model):
     env: dict[EnvName, EnvValue] = {}
     setup: Str | None = None
     hosts: Names | None = None
+    devices: dict[Name, GpuIndices] = {}
+    wait_for: Names = []
+    foreign_threshold: PositiveSize | None = None
 
 
 class GridModel(_Model):
@@ -169,6 +205,7 @@ class JobsModel(SettingsModel):
     exclude: list[dict[Str, Value]] = []
     include: list[dict[Str, Value]] = []
     id: Str | None = None
+    max_parallel: PositiveInt | None = None
 
 
 class PhaseModel(JobsModel):
@@ -200,7 +237,9 @@ class ManifestModel(JobsModel):
 
 
 _SETTINGS = set(SettingsModel.model_fields)
-_TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup", "on_job_end"}
+_TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup", "on_job_end", "max_parallel"}
+_REPLACED = {"on_oom", "devices"}
+"""Mapping settings a phase replaces whole rather than merging into the defaults'."""
 _RESOURCES = ("gpus", "gpu_memory", "share", "timeout")
 _RESERVED = ("phase", "id")
 MAX_JOBS = 100_000
@@ -244,7 +283,7 @@ def _phases(model: ManifestModel, problems: Problems) -> list[_Phase]:
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
-        if key != "on_oom" and isinstance(value, dict) and isinstance(out.get(key), dict):
+        if key not in _REPLACED and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -256,10 +295,31 @@ def _workdir(model: ManifestModel, source: str, problems: Problems) -> str:
     workdir = os.path.normpath(os.path.join(base, os.path.expanduser(model.workdir or ".")))
     if (why := text_problem(workdir)) is not None:
         problems.add(("workdir",), f"the workdir's path {why}")
-    elif not os.path.isdir(workdir):
+    return workdir
+
+
+def may_run_here(hosts: list[str] | None) -> bool:
+    """Whether a job restricted to `hosts` (None: any) may run on the daemon's own machine."""
+    return hosts is None or LOCAL in hosts
+
+
+def _check_workdir_here(workdir: str, problems: Problems) -> None:
+    """The workdir must be a directory on this machine when jobs may run here (or it is copied from here)."""
+    if text_problem(workdir) is None and not os.path.isdir(workdir):
         what = "is not a directory" if os.path.exists(workdir) else "does not exist"
         problems.add(("workdir",), f"workdir {workdir} {what}")
-    return workdir
+
+
+def workdir_note(spec: SubmissionSpec) -> str | None:
+    """What to tell the submitter when the workdir is not on this machine and every job runs elsewhere
+    (so it was not refused): where and when it is checked instead."""
+    if not spec.jobs or spec.jobs[0].sync is not None or os.path.isdir(spec.jobs[0].workdir):
+        return None
+    if any(may_run_here(job.hosts) for job in spec.jobs):
+        return None
+    hosts = sorted({h for job in spec.jobs for h in job.hosts or ()})
+    return (f"workdir {spec.jobs[0].workdir} is not on this machine; every job runs on {', '.join(hosts)}, "
+            "where it is checked when each job launches")
 
 
 @dataclass
@@ -311,8 +371,9 @@ class _PhaseBuilder:
         names = [*self.keys, "phase"]
         ok = self._check_template("id", self.phase.model.id, names)
         ok = self._check_template("cmd", self.phase.cmd, [*names, "id"], shell=True) and ok
-        for i, glob in enumerate(self.settings.get("outputs", [])):
-            ok = self._check_template("outputs", glob, [*names, "id"], i) and ok
+        for field in ("outputs", "wait_for"):
+            for i, glob in enumerate(self.settings.get(field, [])):
+                ok = self._check_template(field, glob, [*names, "id"], i) and ok
         return ok
 
     def _check_template(self, field: str, template: str | None, names: list[str], *index: int,
@@ -349,6 +410,7 @@ class _PhaseBuilder:
             workdir=self.ctx.workdir, env=s.get("env", {}), setup=s.get("setup"),
             resources=Resources(**{k: s[k] for k in _RESOURCES if k in s}),
             retry=RetryPolicy(oom=OomRetry(**retry.get("oom", {})),
+                              transient=TransientRetry(**retry.get("transient", {})),
                               failure=FailureRetry(**retry.get("failure", {})),
                               lost=FailureRetry(**{"max": 3, **retry.get("lost", {})})),
             oom_scale=OomScale(**s["on_oom"]["scale"]) if s.get("on_oom") else None,
@@ -356,6 +418,9 @@ class _PhaseBuilder:
             priority=s.get("priority", 0),
             hosts=s.get("hosts"),
             sync=self.ctx.sync,
+            devices=s.get("devices", {}),
+            wait_for=[render(glob, values, quote=False) for glob in s.get("wait_for", [])],
+            foreign_threshold=s.get("foreign_threshold"),
         )
 
     def check_scale(self, jobs: list[JobSpec]) -> None:
@@ -433,20 +498,26 @@ def _expand(model: ManifestModel, source: str, problems: Problems, max_jobs: int
     ctx = _Context(model, workdir, problems, max_jobs, sync)
     jobs: list[JobSpec] = []
     graph: list[expand.PhaseJobs] = []
+    here = sync is not None
     for phase in phases:
         builder = _PhaseBuilder(phase, ctx)
         built = builder.build()
         jobs.extend(built)
         graph.append(expand.PhaseJobs(phase.name, phase.path, phase.after, phase.match, builder.keys,
                                       [(j.id, j.params) for j in built]))
+        here = here or may_run_here(builder.settings.get("hosts"))
+    if here:
+        _check_workdir_here(workdir, problems)
     paths = {p.name: (*p.path, "id" if p.model.id else "grid") for p in phases}
     _check_unique(jobs, paths, problems)
     deps = expand.resolve_deps(graph, problems)
     problems.raise_if_any()
     jobs = [j.model_copy(update={"deps": deps.get(j.id, [])}) for j in jobs]
     hook = None if model.on_job_end is None else Hook(cmd=model.on_job_end, workdir=workdir, env=model.env)
+    # A single phase's top-level max_parallel is the submission's; only `phases` entries have their own.
+    limits = {p.name: p.model.max_parallel for p in phases if p.model is not model and p.model.max_parallel}
     return SubmissionSpec(name=model.name, source=source, phases=[p.name for p in phases], jobs=jobs,
-                          on_job_end=hook)
+                          on_job_end=hook, max_parallel=model.max_parallel, phase_max_parallel=limits)
 
 
 # ---------------------------------------------------------------- entry points
@@ -471,4 +542,5 @@ def load_manifest(path: str | os.PathLike[str], *, max_jobs: int | None = None) 
     return parse_manifest(read_document(source, "manifest", ManifestError), source, max_jobs=max_jobs)
 
 
-__all__ = ["MAX_JOBS", "ManifestModel", "PhaseModel", "load_manifest", "parse_manifest"]
+__all__ = ["MAX_JOBS", "ManifestModel", "PhaseModel", "load_manifest", "may_run_here", "parse_manifest",
+           "workdir_note"]

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 OOM_EXIT_CODE = 211
 """Exit code reserved for a training script that reports a CUDA out-of-memory failure itself."""
 
 
+RetryKind = Literal["oom", "transient", "failure", "lost"]
+"""Which retry budget a retry counts against (`retry.oom`, `retry.transient`, ...)."""
+
+
 class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     OOM = "oom"
+    TRANSIENT = "transient"
+    """Failed (exit code or signal) with a log tail matching one of the job's `retry.transient.match`."""
     TIMEOUT = "timeout"
     KILLED = "killed"
     """Killed by a signal exq did not send."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from exq.queue.gpus import GpuInfo, GpuSnapshot
@@ -86,6 +87,12 @@ def usable(load: GpuLoad, resources: Resources, foreign_threshold: int) -> bool:
     return load.available >= need
 
 
+def permitted(load: GpuLoad, devices: Mapping[str, Collection[int]]) -> bool:
+    """Whether `devices` (the GPU indices a job may use per host; a host not named: any) allows this GPU."""
+    allowed = devices.get(load.host)
+    return allowed is None or load.gpu.index in allowed
+
+
 def place(
     resources: Resources,
     loads: list[GpuLoad],
@@ -93,15 +100,18 @@ def place(
     foreign_threshold: int = DEFAULT_FOREIGN_THRESHOLD,
     hosts: Iterable[str] | None = None,
     avoid: frozenset[tuple[str, int]] = frozenset(),
+    devices: Mapping[str, Collection[int]] | None = None,
 ) -> Placement | None:
     """Pick `resources.gpus` usable GPUs of one host, most available memory first; None if none fit.
 
-    GPUs in `avoid` (e.g. where the job just ran out of memory) are taken only when nothing else fits.
+    GPUs in `avoid` (e.g. where the job just ran out of memory) are taken only when nothing else fits;
+    GPUs `devices` does not allow (see `permitted`) never.
     """
     allowed = set(hosts) if hosts is not None else None
     candidates: dict[str, list[GpuLoad]] = {}
     for load in loads:
-        if (allowed is None or load.host in allowed) and usable(load, resources, foreign_threshold):
+        if (allowed is None or load.host in allowed) and permitted(load, devices or {}) \
+                and usable(load, resources, foreign_threshold):
             candidates.setdefault(load.host, []).append(load)
     best: tuple[tuple[int, int], Placement] | None = None
     for host, host_loads in candidates.items():
@@ -117,15 +127,21 @@ def place(
     return best[1] if best else None
 
 
-def why_waiting(resources: Resources, loads: list[GpuLoad], foreign_threshold: int) -> str:
-    """Why a job with `resources` found no place now, in words a user can act on."""
+def why_waiting(resources: Resources, loads: list[GpuLoad], foreign_threshold: int,
+                devices: Mapping[str, Collection[int]] | None = None) -> str:
+    """Why a job with `resources` (and `devices`, see `permitted`) found no place now, in words a user can act on."""
     if not loads:
         return f"waiting: no GPU on any host (needs {resources.gpus})"
-    per_host: dict[str, int] = {}
-    for load in loads:
-        per_host[load.host] = per_host.get(load.host, 0) + 1
+    per_host = Counter(load.host for load in loads)
     if resources.gpus > max(per_host.values()):
         return f"cannot fit: needs {resources.gpus} GPUs on one host, the largest host has {max(per_host.values())}"
+    restricted = sorted(h for h in devices or {} if h in per_host)
+    if devices and restricted:
+        loads = [load for load in loads if permitted(load, devices)]
+        allows = Counter(load.host for load in loads)
+        if resources.gpus > max(allows.values(), default=0):
+            shown = ", ".join(f"{allows[h]} on {h}" for h in restricted)
+            return f"cannot fit: needs {resources.gpus} GPU{'s' if resources.gpus != 1 else ''}, devices allows {shown}"
     largest = max(load.gpu.memory_total for load in loads)
     if resources.gpu_memory is not None and resources.gpu_memory > largest:
         need, have = format_size(resources.gpu_memory), format_size(largest)
@@ -133,4 +149,8 @@ def why_waiting(resources: Resources, loads: list[GpuLoad], foreign_threshold: i
     foreign = sum(1 for load in loads if load.foreign >= foreign_threshold)
     held = f"; {foreign} held by other users' processes" if foreign else ""
     memory = f" with {format_size(resources.gpu_memory)} free" if resources.gpu_memory is not None else ""
-    return f"waiting for {resources.gpus} free GPU(s){memory}{held}"
+    among = ""
+    if devices and restricted:
+        among = " among those devices allows (" + "; ".join(
+            f"{h}: {', '.join(map(str, devices[h]))}" for h in restricted) + ")"
+    return f"waiting for {resources.gpus} free GPU(s){memory}{among}{held}"

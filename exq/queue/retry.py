@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exq.queue.jobspec import Scalar
-from exq.queue.outcome import Outcome
+from exq.queue.outcome import Outcome, RetryKind
 from exq.queue.state import Job, JobStatus
 from exq.queue.template import render_cmd
 
@@ -16,7 +16,7 @@ class NextStep:
     status: JobStatus
     reason: str
     not_before: float | None = None
-    retry_kind: Literal["oom", "failure", "lost"] | None = None
+    retry_kind: RetryKind | None = None
     params: dict[str, Scalar] | None = None
     cmd: str | None = None
 
@@ -27,19 +27,34 @@ def next_step(job: Job, outcome: Outcome, reason: str, now: float) -> NextStep:
         return NextStep(JobStatus.SUCCEEDED, reason)
     if outcome == Outcome.CANCELLED:
         return NextStep(JobStatus.CANCELLED, reason)
-    policy = job.spec.retry
     if outcome == Outcome.OOM:
-        if job.oom_retries >= policy.oom.max:
-            return NextStep(JobStatus.FAILED, f"{reason}; gave up after {job.oom_retries} OOM retries")
-        delay = policy.oom.delay(job.oom_retries + 1)
-        params, cmd = _scaled(job)
-        return NextStep(JobStatus.QUEUED, reason, now + delay, "oom", params, cmd)
+        return _oom_step(job, reason, now)
+    if outcome == Outcome.TRANSIENT:
+        return _transient_step(job, reason, now)
+    policy = job.spec.retry
     kind: Literal["failure", "lost"] = "lost" if outcome == Outcome.LOST else "failure"
     done, rule = (job.lost_retries, policy.lost) if kind == "lost" else (job.failure_retries, policy.failure)
     if done >= rule.max:
         suffix = f" (after {done} retries)" if done else ""
         return NextStep(JobStatus.FAILED, reason + suffix)
     return NextStep(JobStatus.QUEUED, reason, now + rule.backoff, kind)
+
+
+def _oom_step(job: Job, reason: str, now: float) -> NextStep:
+    """Retry per `retry.oom` (exponential backoff, maybe a scaled-down param), or give up."""
+    rule = job.spec.retry.oom
+    if job.oom_retries >= rule.max:
+        return NextStep(JobStatus.FAILED, f"{reason}; gave up after {job.oom_retries} OOM retries")
+    params, cmd = _scaled(job)
+    return NextStep(JobStatus.QUEUED, reason, now + rule.delay(job.oom_retries + 1), "oom", params, cmd)
+
+
+def _transient_step(job: Job, reason: str, now: float) -> NextStep:
+    """Retry per `retry.transient` (counted apart from other failures), or give up."""
+    rule = job.spec.retry.transient
+    if job.transient_retries >= rule.max:
+        return NextStep(JobStatus.FAILED, f"{reason}; gave up after {job.transient_retries} transient retries")
+    return NextStep(JobStatus.QUEUED, reason, now + rule.backoff, "transient")
 
 
 def _scaled(job: Job) -> tuple[dict[str, Scalar] | None, str | None]:

@@ -27,10 +27,12 @@ from exq.queue.events import Blocked, Ended, Event, HostDown, HostUp, Launched, 
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.hooks import HookRuns
 from exq.queue.hosts import Change, HostHealth, HostTracker
-from exq.queue.jobspec import Resources
+from exq.queue.limits import Running
+from exq.queue.manifest import may_run_here
 from exq.queue.outcome import Outcome
 from exq.queue.placement import (
     DEFAULT_FOREIGN_THRESHOLD,
+    GpuLoad,
     Placement,
     Reservation,
     gpu_loads,
@@ -54,6 +56,7 @@ from exq.queue.state import (
     job_key,
 )
 from exq.queue.store import Store
+from exq.queue.waitfor import PathWaits
 from exq.queue.workers import AttemptReport, LaunchRequest, RunRecord, Worker
 
 log = logging.getLogger("exq.scheduler")
@@ -86,6 +89,20 @@ class SchedulerConfig:
     """Seconds between reads of running jobs' result files (their live progress)."""
     write_retry: float = 2.0
     """While the state cannot be written (disk full), seconds between tries to write it again."""
+    wait_for_interval: float = 2.0
+    """Seconds between checks of the wait_for paths of a job ready to launch but for them."""
+
+
+@dataclass
+class _Pass:
+    """What one placement pass knows, updated as it places jobs."""
+
+    now: float
+    loads: list[GpuLoad]
+    running: Running
+    cpu_jobs: int
+    unfit: dict[object, str] = field(default_factory=dict)
+    """Why jobs of one shape (resources, hosts, devices, foreign threshold) found no place in this pass."""
 
 
 class Scheduler:
@@ -120,6 +137,7 @@ class Scheduler:
         self._hooks = HookRuns(store.paths, self.config.hook_timeout, self._wake_up)
         self._progress = ProgressReads(self.config.progress_interval, self.config.probe_timeout)
         self._probes = Probes(self.workers, self.config.probe_interval, self.config.probe_timeout, self._wake_up)
+        self._waits = PathWaits(self.workers, self.config.wait_for_interval, self.config.probe_timeout, self._wake_up)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -159,6 +177,7 @@ class Scheduler:
                 await self._sleep()
         finally:
             self._copies.cancel()
+            self._waits.cancel()
             await self._hooks.cancel()
             await self._progress.cancel()
             self._probes.cancel()
@@ -364,7 +383,8 @@ class Scheduler:
         attempt = job.attempts[-1]
         record = report.record
         timed_out = job.key in self._timed_out or _ran_past_timeout(job, record)
-        outcome, reason = classify(report, timed_out=timed_out, cancelled=job.cancel_requested)
+        outcome, reason = classify(report, timed_out=timed_out, cancelled=job.cancel_requested,
+                                   transient=job.spec.retry.transient.match)
         now = time.time()
         step = next_step(job, outcome, reason, now)
         self._emit(Ended(
@@ -492,54 +512,92 @@ class Scheduler:
             return
         self._dirty = False
         ready = self._ready_jobs(now)
+        self._waits.forget_unused(now)
         if not ready:
             return
+        turn = _Pass(now, gpu_loads(self._probes.snapshots, self._reservations.values()),
+                     Running(self.store.ledger.jobs[key] for key in self._reservations),
+                     sum(1 for r in self._reservations.values() if not r.gpus))
         launches: list[tuple[Job, Placement, str]] = []
-        cpu_jobs = sum(1 for r in self._reservations.values() if not r.gpus)
-        loads = gpu_loads(self._probes.snapshots, self._reservations.values())
-        unfit: dict[tuple[Resources, tuple[str, ...] | None], str] = {}
         for job in ready:
+            found = self._placement(job, turn)
+            if found is None:
+                continue
+            placement, workdir = found
             res = job.spec.resources
-            hosts = tuple(job.spec.hosts) if job.spec.hosts is not None else None
-            shape = (res, hosts)
-            avoid = self._avoid.get(job.key, frozenset())
-            if shape in unfit and not avoid:
-                self._note(job, unfit[shape])
-                continue
-            if hosts is not None and not any(h in self.workers for h in hosts):
-                self._note(job, f"none of its hosts ({', '.join(hosts)}) is configured for this daemon "
-                                f"(it has: {', '.join(self.workers) or 'none'})")
-                continue
-            hosts = self._usable_hosts(job, hosts)
-            placement: Placement | None = None
-            if res.gpus == 0:
-                host = self._cpu_host(hosts)
-                if host is not None and cpu_jobs < self.config.max_cpu_jobs:
-                    cpu_jobs += 1
-                    placement = Placement(host, (), ())
-            else:
-                placement = place(res, loads, foreign_threshold=self.config.foreign_threshold,
-                                  hosts=hosts, avoid=avoid)
-            if placement is None:
-                allowed = [ld for ld in loads if hosts is None or ld.host in hosts]
-                reason = unfit.get(shape) or (
-                    why_waiting(res, allowed, self.config.foreign_threshold) if res.gpus
-                    else "waiting for a CPU job slot on an answering host")
-                unfit[shape] = reason
-                failed = self._copies.failed(job.submission).items()
-                self._note(job, reason + "".join(f"; copying its workdir to {h} failed: {e}" for h, e in failed))
-                continue
-            workdir = self._copies.workdir(job.submission, job.spec, placement.host, self.workers[placement.host])
-            if workdir is None:
-                self._note(job, f"waiting for its workdir to be copied to {placement.host}")
-                continue
             self._reservations[job.key] = Reservation(
                 job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
             launches.append((job, placement, workdir))
+            turn.running.add(job)
             if placement.gpus:
-                loads = gpu_loads(self._probes.snapshots, self._reservations.values())
+                turn.loads = gpu_loads(self._probes.snapshots, self._reservations.values())
+            else:
+                turn.cpu_jobs += 1
+        due = self._waits.next_due(now)
+        if due is not None and (self._next_ready_at is None or due < self._next_ready_at):
+            self._next_ready_at = due
         if launches:
             await self._launch(launches, now)
+
+    def _placement(self, job: Job, turn: _Pass) -> tuple[Placement, str] | None:
+        """Where `job` launches now, and its workdir there; None (its reason noted) while it must wait.
+
+        Its wait_for paths are checked on this machine when it may run here, else on the host it is placed on.
+        """
+        spec = job.spec
+        here = LOCAL_HOST in self.workers and may_run_here(spec.hosts)
+        why = turn.running.held_back(job, self._submission(job.submission))
+        if why is None and here:
+            why = self._paths_missing(job, LOCAL_HOST, spec.workdir, turn.now)
+        if why is None and spec.hosts is not None and not any(h in self.workers for h in spec.hosts):
+            why = (f"none of its hosts ({', '.join(spec.hosts)}) is configured for this daemon "
+                   f"(it has: {', '.join(self.workers) or 'none'})")
+        if why is not None:
+            self._note(job, why)
+            return None
+        hosts = self._usable_hosts(job, tuple(spec.hosts) if spec.hosts is not None else None)
+        placement = self._fit(job, hosts, turn)
+        if placement is None:
+            return None
+        workdir = self._copies.workdir(job.submission, spec, placement.host, self.workers[placement.host])
+        if workdir is None:
+            self._note(job, f"waiting for its workdir to be copied to {placement.host}")
+            return None
+        why = None if here else self._paths_missing(job, placement.host, workdir, turn.now)
+        if why is not None:
+            self._note(job, why)
+            return None
+        return placement, workdir
+
+    def _fit(self, job: Job, hosts: tuple[str, ...] | None, turn: _Pass) -> Placement | None:
+        """GPUs (or a CPU slot) for `job` on one of `hosts` (None: any); None, its reason noted, when none fit."""
+        spec, res = job.spec, job.spec.resources
+        threshold = spec.foreign_threshold or self.config.foreign_threshold
+        shape = (res, hosts, tuple(sorted((h, tuple(ix)) for h, ix in spec.devices.items())), threshold)
+        avoid = self._avoid.get(job.key, frozenset())
+        placement: Placement | None = None
+        if res.gpus == 0:
+            host = self._cpu_host(hosts)
+            if host is not None and turn.cpu_jobs < self.config.max_cpu_jobs:
+                placement = Placement(host, (), ())
+        elif shape not in turn.unfit or avoid:
+            placement = place(res, turn.loads, foreign_threshold=threshold, hosts=hosts, avoid=avoid,
+                              devices=spec.devices)
+        if placement is None:
+            allowed = [ld for ld in turn.loads if hosts is None or ld.host in hosts]
+            reason = turn.unfit.get(shape) or (
+                why_waiting(res, allowed, threshold, spec.devices) if res.gpus
+                else "waiting for a CPU job slot on an answering host")
+            turn.unfit[shape] = reason
+            failed = self._copies.failed(job.submission).items()
+            self._note(job, reason + "".join(f"; copying its workdir to {h} failed: {e}" for h, e in failed))
+        return placement
+
+    def _paths_missing(self, job: Job, host: str, workdir: str, now: float) -> str | None:
+        """Why `job` waits for its wait_for paths on `host` (None: they exist, or it has none)."""
+        if not job.spec.wait_for:
+            return None
+        return self._waits.reason(host, workdir, job.spec.wait_for, now)
 
     async def _launch(self, launches: list[tuple[Job, Placement, str]], now: float) -> None:
         """Record the launches durably, then start them (none starts if they cannot be recorded)."""
@@ -888,7 +946,8 @@ _EMPTY = GpuSnapshot(backend="none", gpus=(), taken_at=0.0)
 def intake_submission(item: intake.Intake) -> Submission:
     spec = item.spec
     return Submission(id=item.id, key=item.key, name=spec.name, source=spec.source, submitted_at=item.submitted_at,
-                      phases=list(spec.phases), jobs=len(spec.jobs), on_job_end=spec.on_job_end)
+                      phases=list(spec.phases), jobs=len(spec.jobs), on_job_end=spec.on_job_end,
+                      max_parallel=spec.max_parallel, phase_max_parallel=dict(spec.phase_max_parallel))
 
 
 def _result_file(attempt: Attempt) -> str:

@@ -119,6 +119,7 @@ class Job(_Model):
     gpus: list[int] = Field(default_factory=list)
     attempts: list[Attempt] = Field(default_factory=list)
     oom_retries: int = 0
+    transient_retries: int = Field(0, description="Retries per retry.transient (not counted in failure_retries).")
     failure_retries: int = 0
     lost_retries: int = 0
     not_before: float | None = Field(None, description="Retry backoff: not placed before this time.")
@@ -157,6 +158,9 @@ class Submission(_Model):
     changes: int = Field(0, description="How many times a job of it changed status (what on_job_end follows).")
     hook_covered: int = Field(0, description="The changes the last finished on_job_end run covered.")
     hook_error: str | None = Field(None, description="Why the last on_job_end run failed; null when it succeeded.")
+    max_parallel: int | None = Field(None, description="At most this many of its jobs running at once (null: any).")
+    phase_max_parallel: dict[str, int] = Field(
+        default_factory=dict, description="Per phase name: at most this many of its jobs running at once.")
 
 
 class GpuView(_Model):

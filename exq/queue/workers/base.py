@@ -15,6 +15,9 @@ from typing import Any, Protocol
 
 from exq.queue.gpus import GpuSnapshot
 
+LOG_TAIL_BYTES = 256 * 1024
+"""How much of the end of an ended attempt's log is read to classify it (an OOM line may be followed
+by many KiB of teardown output) and to quote its last line; the same for local and SSH attempts."""
 PEEK_LIMIT = 256 * 1024
 """A running job's result file larger than this is not read for live progress (only when it ends)."""
 TOMBSTONE = "tombstone"
@@ -71,7 +74,7 @@ class AttemptReport:
 
     record: RunRecord
     log_tail: str
-    """The last few KiB of the job's combined stdout/stderr."""
+    """The last LOG_TAIL_BYTES of the job's combined stdout/stderr."""
     result: dict[str, Any] | None
     """Contents of EXQ_RESULT_FILE when the job wrote valid JSON there."""
     result_error: str | None = None
@@ -179,6 +182,13 @@ class Worker(Protocol):
 
     async def report(self, attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> AttemptReport:
         """Gather the record, log tail, result JSON and missing outputs of an ended attempt."""
+        ...
+
+    async def missing_paths(self, workdir: str, globs: list[str]) -> list[str]:
+        """The globs (relative to `workdir` on the host) that match nothing there now, in order.
+
+        A workdir that does not exist there matches nothing.
+        """
         ...
 
     async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ import psutil
 from exq.errors import ExqError, WorkerError
 from exq.queue.gpus import GpuProbe, GpuSnapshot
 from exq.queue.workers.base import (
+    LOG_TAIL_BYTES,
     PEEK_LIMIT,
     TOMBSTONE,
     AttemptReport,
@@ -34,7 +35,6 @@ START_TIMEOUT = 10.0
 """Seconds launch waits for the runner to record its pid."""
 POLL_INTERVAL = 0.2
 """Seconds between checks of an attempt whose runner is not our child."""
-LOG_TAIL_BYTES = 8192
 CREATE_TIME_SLACK = 2.0
 """A process created this long after the recorded start is not our runner (its pid was reused)."""
 
@@ -140,7 +140,21 @@ def _make_dirs(path: Path) -> None:
             p.chmod(0o700)
 
 
+def workdir_problem(workdir: str, host: str) -> str | None:
+    """Why `workdir` (on `host`, this machine) cannot be a job's working directory, else None."""
+    if os.path.isdir(workdir):
+        return None
+    what = "is not a directory" if os.path.exists(workdir) else "does not exist"
+    return f"workdir {workdir} {what} on {host}"
+
+
+def missing_paths(workdir: str, globs: list[str]) -> list[str]:
+    """The globs that match nothing under `workdir` (`**` spans directories)."""
+    return [p for p in globs if not glob.glob(p, root_dir=workdir, recursive=True)]
+
+
 def _log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
+    """The last `size` bytes of the log, decoded (bytes that are not UTF-8 replaced)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -238,7 +252,7 @@ class LocalWorker:
         env.pop("EXQ_RUNNER_SETUP", None)
         if request.setup:
             env["EXQ_RUNNER_SETUP"] = request.setup
-        if (problem := _launch_problem(d, env)) is not None:
+        if (problem := _launch_problem(d, env) or workdir_problem(env["EXQ_RUNNER_WORKDIR"], self.name)) is not None:
             raise LaunchRefused(problem)
         _make_dirs(d)
         child = self._spawn(d, env)
@@ -305,14 +319,16 @@ class LocalWorker:
     ) -> AttemptReport:
         d = Path(attempt_dir)
         result, result_error = _read_result(Path(workdir, result_file))
-        missing = [p for p in outputs if not glob.glob(p, root_dir=workdir, recursive=True)]
         return AttemptReport(
             record=read_record(d),
             log_tail=_log_tail(d / "log"),
             result=result,
             result_error=result_error,
-            missing_outputs=missing,
+            missing_outputs=missing_paths(workdir, outputs),
         )
+
+    async def missing_paths(self, workdir: str, globs: list[str]) -> list[str]:
+        return await asyncio.to_thread(missing_paths, os.path.abspath(workdir), globs)
 
     async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
         def peek() -> dict[str, dict[str, Any]]:

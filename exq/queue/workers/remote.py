@@ -18,6 +18,7 @@ from typing import Any
 
 from exq.errors import WorkerError
 from exq.queue.workers.base import (
+    LOG_TAIL_BYTES,
     PEEK_LIMIT,
     TOMBSTONE,
     AttemptReport,
@@ -26,7 +27,7 @@ from exq.queue.workers.base import (
     parse_record,
     parse_result,
 )
-from exq.queue.workers.local import LOG_TAIL_BYTES, START_TIMEOUT
+from exq.queue.workers.local import START_TIMEOUT, LaunchRefused
 
 MARKER = "@@exq"
 RUNNER_NAME = "runner.sh"
@@ -123,7 +124,11 @@ while IFS= read -r d; do rec "$d"; done
 """
 # The runner starts with the login's umask ($u, read before _HEAD's `umask 077`): it gives it to the job.
 _LAUNCH = f"""\
-d=$1; r=$2; shift 2
+d=$1; r=$2; w=$3; shift 3
+if [ ! -d "$w" ]; then
+    if [ -e "$w" ]; then echo "$M workdir notdir"; else echo "$M workdir missing"; fi
+    echo "$M end"; exit 0
+fi
 mkdir -p -- "$d" || exit 1
 cd / || exit 1
 umask "$u"
@@ -172,6 +177,9 @@ if [ -e "$d/log" ]; then echo "$M hex log"; tail -c {LOG_TAIL_BYTES} "$d/log" 2>
 else echo "$M none log"; fi
 case $f in /*) ;; *) f=$w/$f ;; esac
 sec result "$f"
+"""
+# `missing I` for each glob ("$@", index I) that matches nothing in directory $w (or when $w is not one).
+_MISSING = """\
 ok=0; cd "$w" 2>/dev/null && ok=1
 IFS=
 i=0
@@ -231,8 +239,8 @@ def launch_command(runner: str, request: LaunchRequest, grace: float) -> str:
         if "\0" in value:
             raise WorkerError(f"environment variable {name} holds a NUL character")
     assignments = [f"{name}={value}" for name, value in env.items()]
-    return _command("launch", _NAP + _RECORD_LIB + _LAUNCH, [request.attempt_dir, runner, *assignments],
-                    prelude="u=$(umask)\n")
+    return _command("launch", _NAP + _RECORD_LIB + _LAUNCH,
+                    [request.attempt_dir, runner, request.workdir, *assignments], prelude="u=$(umask)\n")
 
 
 def kill_command(attempt_dir: str, grace: float) -> str:
@@ -257,7 +265,12 @@ def peek_command() -> str:
 
 def report_command(attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> str:
     """Record, log tail, result file and the indices of the output globs that match nothing in workdir."""
-    return _command("report", _RECORD_LIB + _REPORT, [attempt_dir, workdir, result_file, *outputs])
+    return _command("report", _RECORD_LIB + _REPORT + _MISSING, [attempt_dir, workdir, result_file, *outputs])
+
+
+def missing_command(workdir: str, globs: list[str]) -> str:
+    """The indices of the globs that match nothing in `workdir` (see `parse_missing`)."""
+    return _command("missing", 'w=$1; shift\n' + _MISSING, [workdir, *globs])
 
 
 # --- parsers ---------------------------------------------------------------------------------
@@ -346,9 +359,14 @@ def parse_records(text: str, count: int) -> list[RunRecord]:
     return [_record(b) for b in blocks]
 
 
-def parse_launch(text: str, attempt_dir: str) -> RunRecord:
-    """The record after a launch; WorkerError when the runner did not start the job."""
+def parse_launch(text: str, attempt_dir: str, workdir: str, host: str) -> RunRecord:
+    """The record after a launch; LaunchRefused when the workdir is not a directory on `host` (nothing was
+    started), WorkerError when the runner did not start the job."""
     frames = parse_frames(text)
+    for frame in frames:
+        if frame.kind == "workdir":
+            what = "is not a directory" if frame.arg == "notdir" else "does not exist"
+            raise LaunchRefused(f"workdir {workdir} {what} on {host}")
     blocks = _blocks(frames)
     record = _record(blocks[-1]) if blocks else RunRecord()
     if any(f.kind == "timeout" for f in frames):
@@ -393,11 +411,21 @@ def parse_report(text: str, workdir: str, result_file: str, outputs: list[str]) 
     path = result_file if result_file.startswith("/") else f"{workdir.rstrip('/')}/{result_file}"
     result, error = _result(files.get("result"), any(
         f.kind in ("hex", "unreadable") and f.arg == "result" for f in blocks[0]), path)
-    missing = {int(f.arg) for f in blocks[0] if f.kind == "missing" and f.arg.isdigit()}
     return AttemptReport(
         record=_record(blocks[0]),
         log_tail=(files.get("log") or b"").decode("utf-8", errors="replace"),
         result=result,
         result_error=error,
-        missing_outputs=[p for i, p in enumerate(outputs) if i in missing],
+        missing_outputs=_missing(blocks[0], outputs),
     )
+
+
+def _missing(frames: list[Frame], globs: list[str]) -> list[str]:
+    """The globs the `missing I` frames name, in order."""
+    missing = {int(f.arg) for f in frames if f.kind == "missing" and f.arg.isdigit()}
+    return [p for i, p in enumerate(globs) if i in missing]
+
+
+def parse_missing(text: str, globs: list[str]) -> list[str]:
+    """The globs a `missing_command` found matching nothing."""
+    return _missing(parse_frames(text), globs)

@@ -268,7 +268,7 @@ class SshWorker:
         req = LaunchRequest(d, request.cmd, self._path(request.workdir), request.env, request.setup)
         command = remote.launch_command(posixpath.join(self.exq_dir, remote.RUNNER_NAME), req, self.cleanup_grace)
         out = await self._run("launch", command, START_TIMEOUT + COMMAND_TIMEOUT)
-        return remote.parse_launch(out, d)
+        return remote.parse_launch(out, d, req.workdir, self.name)
 
     async def read(self, attempt_dir: str) -> RunRecord:
         return (await self._records([self._path(attempt_dir)], "read"))[0]
@@ -332,6 +332,13 @@ class SshWorker:
         d, wd = self._path(attempt_dir), self._path(workdir)
         out = await self._run("report", remote.report_command(d, wd, result_file, outputs), COMMAND_TIMEOUT)
         return remote.parse_report(out, wd, result_file, outputs)
+
+    async def missing_paths(self, workdir: str, globs: list[str]) -> list[str]:
+        if not globs:
+            return []
+        await self._connection()
+        out = await self._run("missing", remote.missing_command(self._path(workdir), globs), COMMAND_TIMEOUT)
+        return remote.parse_missing(out, globs)
 
     async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
         if not paths:
