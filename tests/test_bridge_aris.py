@@ -107,7 +107,7 @@ def test_grid_spec_yaml_the_shared_example(tmp_path: Path) -> None:
     assert jobs["pre_w192"].cmd == "python pretrain.py --width 192 --epochs 50 --out ckpt/pre_w192.pt"
     assert ft.outputs == ["results/ft_w384_s2.json"] and jobs["pre_w192"].outputs == ["ckpt/pre_w192.pt"]
     assert ft.workdir == str(folder)
-    assert ft.setup == 'source "$(conda info --base)/etc/profile.d/conda.sh" && conda activate vit'
+    assert ft.setup == '. "$(conda info --base)/etc/profile.d/conda.sh" && conda activate vit'
     assert (ft.retry.oom.max, ft.retry.oom.backoff, ft.retry.oom.factor) == (2, 90.0, 1.0)
     assert ft.hosts == ["gpu-a"] and ft.devices == {"gpu-a": [0, 1, 2, 3]}
     assert ft.foreign_threshold == 800 * 2**20 and ft.wait_for == []

@@ -48,7 +48,7 @@ def test_only_runs_still_to_do_are_compiled_and_the_others_are_listed_with_their
     assert report["R001"].startswith("R001 (M0, **GATE FAILED**): left alone: GATE FAILED; --rerun-failed takes it")
     assert report["R002"] == "R002 (M0, **PAUSED**): left alone: PAUSED; --include R002 forces it in"
     assert report["R007"] == "R007 (M0, ⏳ QUEUED): to do (QUEUED); command from runs.yaml default: echo R007"
-    assert report["R009"].startswith("R009 (M0, no status): to do ((empty))")
+    assert report["R009"].startswith("R009 (M0, no status): to do (no status)")
 
 
 def test_include_and_rerun_failed_take_runs_in_and_an_unknown_include_is_refused(tmp_path: Path) -> None:
@@ -142,3 +142,12 @@ def test_exq_owns_only_its_own_part_of_a_shared_cell(cell: str, ours: str, expec
     assert merged == expected
     assert merge(merged, ours) == merged and exq_part(merged) == ours
     assert person_part(merged) == person_part(cell)
+
+
+def test_a_gate_rule_naming_a_run_left_alone_is_reported(tmp_path: Path) -> None:
+    runs = write_runs(tmp_path, "seeds: [0]\ndefault: {cmd: 'true'}\n"
+                                "gates:\n  M0: [{metric: top1, above: 1, runs: [R001]}]\n")
+    rows = [replace(row("R001", "M0"), status="DONE"), row("R002", "M0", line=4)]
+    compiled = compile_plan(plan(tmp_path), tracker(tmp_path, rows), runs)
+    assert ("gates.M0: a rule names R001 (DONE), which is not compiled: that rule fails, as it finds no job of it "
+            "(--include it, or drop it from the rule)") in compiled.notes

@@ -130,7 +130,7 @@ def test_sections_pair() -> None:
                              "see `runs/R002/metrics.json` before rerunning.")
     assert rows[2].notes == "reuse `ckpt/resnet18.pt` if it is still there"
     assert [str(read_status(r.status)) for r in rows] == [
-        "DONE", "GATE FAILED", "TODO/REUSE", "RUNNING", "QUEUED", "PAUSED", "CANCELLED", "(empty)"]
+        "DONE", "GATE FAILED", "TODO/REUSE", "RUNNING", "QUEUED", "PAUSED", "CANCELLED", "no status"]
 
 
 def test_deps_pair() -> None:

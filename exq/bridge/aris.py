@@ -203,7 +203,7 @@ class _Converter:
             return None
         if not hook:
             self.note(("conda",), "setup needs `conda` on the PATH of a non-interactive sh, else set conda_hook")
-            hook = 'source "$(conda info --base)/etc/profile.d/conda.sh"'
+            hook = '. "$(conda info --base)/etc/profile.d/conda.sh"'
         elif not hook.startswith("eval"):  # ARIS: a bare path to the conda binary
             hook = f'eval "$({shlex.quote(hook)} shell.posix hook)"'
         return f"{hook} && conda activate {shlex.quote(env)}"

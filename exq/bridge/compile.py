@@ -142,6 +142,7 @@ def compile_plan(plan: Plan, tracker: Tracker, runs: LoadedRuns, on_job_end: str
     choices = [RunChoice(c.row, c.compiled, c.why, tuple(cmd for _, _, cmd in compiled[c.row.run_id].jobs),
                          compiled[c.row.run_id].source) if c.compiled else c for c in choices]
     phases = _phases(plan, compiled, deps, runs, notes)
+    notes += _gate_notes(runs.file, tracker, compiled)
     manifest = _manifest(plan, runs, phases, on_job_end)
     header = (f"# Compiled by `exq plan compile` on {time.strftime('%Y-%m-%d %H:%M')} from\n"
               f"#   plan:    {plan.path}\n#   tracker: {tracker.path}\n"
@@ -175,6 +176,15 @@ def _phases(plan: Plan, compiled: dict[str, _Jobs], deps: dict[str, list[str]], 
                 phases.append(_gate_phase(milestone.id, must_phases, runs.source))
                 before = [milestone.id + GATE_SUFFIX]
     return phases
+
+
+def _gate_notes(runs: RunsFile, tracker: Tracker, compiled: dict[str, _Jobs]) -> list[str]:
+    """A gate rule naming a run that is not compiled will find no job of it: say so."""
+    status = {row.run_id: row.status.strip() or "no status" for row in tracker.rows}
+    return [f"gates.{milestone}: a rule names {run} ({status.get(run, '?')}), which is not compiled: that rule "
+            "fails, as it finds no job of it (--include it, or drop it from the rule)"
+            for milestone, rules in runs.gates.items() if any(j.run.milestone == milestone for j in compiled.values())
+            for run in dict.fromkeys(r for rule in rules for r in rule.runs or []) if run not in compiled]
 
 
 def _milestone_phases(milestone: str, suffix: str, priority: int | None, before: list[str], group: list[_Jobs],

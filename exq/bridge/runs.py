@@ -2,7 +2,7 @@
 
     # runs.yaml, beside EXPERIMENT_TRACKER.md
     workdir: ..                       # default: this file's directory
-    setup: source .venv/bin/activate
+    setup: . .venv/bin/activate
     defaults: {gpus: 1, gpu_memory: 20GiB, timeout: 4h}   # any exq manifest default
     seeds: [0, 1, 2]                  # default seed grid ({seed} in commands)
     key_metric: top1                  # the metric Notes, results and the log report (default: the first)

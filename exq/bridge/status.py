@@ -47,7 +47,7 @@ class RunStatus:
     known: bool
 
     def __str__(self) -> str:
-        return self.word or "(empty)"
+        return self.word or "no status"
 
 
 def clean(cell: str) -> str:

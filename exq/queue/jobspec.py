@@ -92,7 +92,7 @@ class JobSpec(_Frozen):
     deps: list[str] = Field(default_factory=list, description="Ids of jobs of the same submission it waits for.")
     workdir: str
     env: dict[str, str] = Field(default_factory=dict)
-    setup: str | None = Field(None, description="Shell prefix run before cmd, e.g. 'source .venv/bin/activate'.")
+    setup: str | None = Field(None, description="Shell prefix run before cmd, e.g. '. .venv/bin/activate'.")
     resources: Resources = Resources()
     retry: RetryPolicy = RetryPolicy()
     oom_scale: OomScale | None = None

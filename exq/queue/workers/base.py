@@ -36,7 +36,7 @@ class LaunchRequest:
     env: dict[str, str]
     """Variables added to the job's environment (CUDA_VISIBLE_DEVICES, EXQ_JOB_ID, ... and the manifest's)."""
     setup: str | None = None
-    """Shell prefix run in the same shell before cmd (e.g. 'source .venv/bin/activate')."""
+    """Shell prefix run in the same shell before cmd (e.g. '. .venv/bin/activate')."""
 
 
 @dataclass(frozen=True)
