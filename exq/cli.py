@@ -496,7 +496,8 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
             for problem in bridge.check_gates(flow, force=True):
                 err_console.print(f"note: {flow}: {problem}")
         return
-    item, overridden = bridge.submit(files, manifest, flow, force, _paths(ctx), selection)
+    item, overridden, compiled = bridge.submit(files, manifest, flow, force, _paths(ctx), selection)
+    _print_choices(compiled)
     for problem in overridden:
         err_console.print(f"warning: --force overrode: {problem}")
     console.print(f"submitted the plan as submission {item.id} ({len(item.spec.jobs)} jobs); manifest: {manifest}")

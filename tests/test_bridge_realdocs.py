@@ -164,3 +164,26 @@ def test_every_pair_compiles_and_validates(exq: Exq, tmp_path: Path, pair: str) 
     out = exq_plan(exq, root, "compile", "refine-logs/EXPERIMENT_PLAN.md", "-o", "plan.yaml")
     assert out.returncode == 0, out.stderr
     assert exq("validate", str(root / "plan.yaml"), check=False).returncode == 0
+
+
+def test_crlf_tracker_with_a_bom_and_emoji_headings_keeps_every_byte_it_does_not_own(exq: Exq, tmp_path: Path) -> None:
+    root = project(tmp_path, "mixed", None)
+    (root / "refine-logs" / "runs.yaml").write_text("workdir: ..\nseeds: [0]\n"
+                                                    "default: {cmd: 'python3 train.py --run {run_id}'}\n")
+    tracker = root / "refine-logs" / "EXPERIMENT_TRACKER.md"
+    before = tracker.read_bytes()
+    submitted = plan(exq, root, "submit", "--no-workflow")
+    assert "R003 (M1, TODO): to do (TODO); command from runs.yaml default" in submitted.stderr
+    exq.start_daemon()
+    exq.wait_finished(3, timeout=90)
+    wait_until(lambda: tracker.read_bytes().count(b"| DONE | exq:") == 3, 60, 0.2)
+    at = order(root)
+    assert at["end R003"] <= at["start R004"] and at["end R003"] <= at["start R005"]
+    after = tracker.read_bytes()
+    assert after.startswith(b"\xef\xbb\xbf") and after.count(b"\r\n") == before.count(b"\r\n")
+    assert b"\n" not in after.replace(b"\r\n", b"")
+    rows = changed_lines(before.decode(), after.decode())
+    assert rows == {"R003": "| R003 | DONE | exq: top1 70.1; 1 attempt |",
+                    "R004": "| R004 | DONE | exq: top1 70.1; 1 attempt |",
+                    "R005": "| R005 | NICE | DONE | exq: top1 70.1; 1 attempt |"}
+    assert "up to date" in plan(exq, root, "sync", "--no-workflow").stdout and tracker.read_bytes() == after

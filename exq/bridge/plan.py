@@ -108,8 +108,9 @@ def check_gates(workflow: Path, force: bool) -> list[str]:
 
 
 def submit(files: PlanFiles, manifest_path: Path, workflow: Path | None, force: bool, paths: api.StatePaths,
-           selection: Selection = Selection()) -> tuple[api.Intake, list[str]]:
-    """Compile, write the manifest, check the gates, submit, and mark the training gate In Progress."""
+           selection: Selection = Selection()) -> tuple[api.Intake, list[str], Compiled]:
+    """Compile, write the manifest, check the gates, submit, and mark the training gate In Progress; the
+    submission, what the gate checks overrode (with force) and what was compiled."""
     compiled = compile_files(files, workflow, selection)
     if not compiled.manifest["phases"]:
         raise ExqError(f"{files.tracker}: no run is left to do; nothing submitted "
@@ -123,7 +124,7 @@ def submit(files: PlanFiles, manifest_path: Path, workflow: Path | None, force: 
         gate = state.gate(stage)
         evidence = merge(gate.evidence if gate else "", f"submission {item.id} ({manifest_path.name})")
         set_gate(workflow, stage, "In Progress", evidence=evidence)
-    return item, overridden
+    return item, overridden, compiled
 
 
 def check_gate(paths: api.StatePaths, runs_file: Path, milestone: str, submission: str) -> list[Check]:

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from exq.config import LOCAL
+
 Scalar = str | int | float | bool
 """A parameter value: what a grid or params entry may hold."""
+
+
+def may_run_here(hosts: list[str] | None) -> bool:
+    """Whether a job restricted to `hosts` (None: any) may run on the daemon's own machine."""
+    return hosts is None or LOCAL in hosts
 
 
 class _Frozen(BaseModel):

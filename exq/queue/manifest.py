@@ -25,7 +25,6 @@ from pydantic import (
     model_validator,
 )
 
-from exq.config import LOCAL
 from exq.errors import InputProblem, ManifestError
 from exq.queue import expand
 from exq.queue.jobspec import (
@@ -40,6 +39,7 @@ from exq.queue.jobspec import (
     SubmissionSpec,
     SyncSpec,
     TransientRetry,
+    may_run_here,
 )
 from exq.queue.template import TemplateError, command_placeholders, placeholders, render, render_cmd, render_id
 from exq.queue.template import format_value as _text
@@ -298,11 +298,6 @@ def _workdir(model: ManifestModel, source: str, problems: Problems) -> str:
     return workdir
 
 
-def may_run_here(hosts: list[str] | None) -> bool:
-    """Whether a job restricted to `hosts` (None: any) may run on the daemon's own machine."""
-    return hosts is None or LOCAL in hosts
-
-
 def _check_workdir_here(workdir: str, problems: Problems) -> None:
     """The workdir must be a directory on this machine when jobs may run here (or it is copied from here)."""
     if text_problem(workdir) is None and not os.path.isdir(workdir):
@@ -542,5 +537,5 @@ def load_manifest(path: str | os.PathLike[str], *, max_jobs: int | None = None) 
     return parse_manifest(read_document(source, "manifest", ManifestError), source, max_jobs=max_jobs)
 
 
-__all__ = ["MAX_JOBS", "ManifestModel", "PhaseModel", "load_manifest", "may_run_here", "parse_manifest",
+__all__ = ["MAX_JOBS", "ManifestModel", "PhaseModel", "load_manifest", "parse_manifest",
            "workdir_note"]

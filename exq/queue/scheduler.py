@@ -27,8 +27,8 @@ from exq.queue.events import Blocked, Ended, Event, HostDown, HostUp, Launched, 
 from exq.queue.gpus import GpuSnapshot
 from exq.queue.hooks import HookRuns
 from exq.queue.hosts import Change, HostHealth, HostTracker
+from exq.queue.jobspec import may_run_here
 from exq.queue.limits import Running
-from exq.queue.manifest import may_run_here
 from exq.queue.outcome import Outcome
 from exq.queue.placement import (
     DEFAULT_FOREIGN_THRESHOLD,
