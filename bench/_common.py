@@ -24,13 +24,13 @@ from typing import Any
 
 import psutil
 
-from exq.queue.events import Ended, Event, Launched, PausedSet, Started, Submitted
-from exq.queue.fsio import atomic_write
-from exq.queue.jobspec import JobSpec, SubmissionSpec
-from exq.queue.manifest import load_manifest
-from exq.queue.outcome import Outcome
-from exq.queue.state import Attempt, JobStatus, Submission, job_key
-from exq.queue.store import COUNTER_FILE, StatePaths, Store
+from exq.model.events import Ended, Event, Launched, PausedSet, Started, Submitted
+from exq.model.jobspec import JobSpec, SubmissionSpec
+from exq.model.manifest import load_manifest
+from exq.model.outcome import Outcome
+from exq.model.state import Attempt, JobStatus, Submission, job_key
+from exq.store.fsio import atomic_write
+from exq.store.store import COUNTER_FILE, StatePaths, Store
 
 PYTHON = sys.executable
 

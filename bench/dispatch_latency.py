@@ -33,7 +33,7 @@ from _common import (
     write_manifest,
 )
 
-from exq.queue.gpus.simulated import parse_gpu_spec
+from exq.gpus.simulated import parse_gpu_spec
 
 
 def _pairs(jobs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

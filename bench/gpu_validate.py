@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from exq.queue.gpus import GpuInfo, GpuSnapshot
+    from exq.gpus import GpuInfo, GpuSnapshot
 
 # exq, _common and the other dependencies are imported only after the dependency check (in functions).
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def missing_dependencies() -> list[str]:
 
 def nvml_snapshot() -> tuple[GpuSnapshot | None, str]:
     """exq's NVML probe's snapshot, or None and why there is none."""
-    from exq.queue.gpus.nvml import NvmlProbe, NvmlUnavailableError
+    from exq.gpus.nvml import NvmlProbe, NvmlUnavailableError
 
     try:
         probe = NvmlProbe()

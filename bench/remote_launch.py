@@ -45,8 +45,8 @@ from _common import (
     temp_workspace,
 )
 
-from exq.queue.gpus.nvidia_smi import PROBE_COMMAND
-from exq.queue.workers.ssh import SshWorker
+from exq.gpus.nvidia_smi import PROBE_COMMAND
+from exq.workers.ssh import SshWorker
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 SSH_POLL_INTERVAL: float = inspect.signature(SshWorker).parameters["poll_interval"].default

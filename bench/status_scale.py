@@ -36,7 +36,7 @@ import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 import psutil
-from exq.queue.store import StatePaths, Store
+from exq.store.store import StatePaths, Store
 t1 = time.perf_counter()
 store = Store(StatePaths(Path(sys.argv[1]))).open()
 t2 = time.perf_counter()

@@ -33,9 +33,9 @@ from _common import (
 from rich.console import Console
 
 from exq import api
-from exq.queue import intake
-from exq.queue.manifest import load_manifest
-from exq.queue.store import StatePaths
+from exq.model.manifest import load_manifest
+from exq.store import intake
+from exq.store.store import StatePaths
 from exq.views import spec_table
 
 

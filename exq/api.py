@@ -2,44 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
+import importlib
 import logging
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exq.config import ExqConfig, load_config
 from exq.errors import DaemonRunningError, ExqError
 from exq.forward import forward, split_host
-from exq.logs import LogSource
-from exq.notify import Notifier
-from exq.queue import intake
-from exq.queue.fsio import atomic_write, disk_full_problem
-from exq.queue.gpus import GpuSnapshot
-from exq.queue.gpus.select import select_probe
-from exq.queue.intake import ControlReply, ControlRequest, Intake
-from exq.queue.jobspec import SubmissionSpec
-from exq.queue.manifest import Value, load_manifest, parse_manifest, workdir_note
-from exq.queue.scheduler import LOCAL_HOST, Scheduler, SchedulerConfig
-from exq.queue.state import Job, JobStatus, QueueState, Submission
-from exq.queue.store import (
-    StatePaths,
-    Store,
-    current_snapshot,
-    daemon_running,
-    default_state_dir,
-    read_state,
-)
-from exq.queue.template import JOB_ID_RE, TemplateError, format_value, render
-from exq.queue.workers import Worker
-from exq.queue.workers.local import LocalWorker
-from exq.queue.workers.ssh import SshWorker
-from exq.queue.workers.sshconn import FailureKind, failure_kind
+
+if TYPE_CHECKING:
+    from exq.config import ExqConfig, load_config
+    from exq.daemon.context import SchedulerConfig
+    from exq.gpus import GpuSnapshot
+    from exq.logs import LogSource
+    from exq.model.jobspec import SubmissionSpec
+    from exq.model.manifest import Value, load_manifest, parse_manifest, workdir_note
+    from exq.model.state import Job, JobStatus, QueueState, Submission
+    from exq.model.summary import StatusIndex
+    from exq.model.template import JOB_ID_RE, TemplateError, format_value, render
+    from exq.ssh.connection import FailureKind
+    from exq.store.fsio import atomic_write
+    from exq.store.intake import ControlReply, ControlRequest, Intake
+    from exq.store.store import StatePaths
+    from exq.workers import Worker
 
 __all__ = [
     "JOB_ID_RE",
@@ -81,52 +70,146 @@ __all__ = [
     "submit",
     "workdir_note",
 ]
+_LAZY = {
+    "JOB_ID_RE": "exq.model.template",
+    "ControlReply": "exq.store.intake",
+    "ControlRequest": "exq.store.intake",
+    "FailureKind": "exq.ssh.connection",
+    "Intake": "exq.store.intake",
+    "Job": "exq.model.state",
+    "JobStatus": "exq.model.state",
+    "LogSource": "exq.logs",
+    "QueueState": "exq.model.state",
+    "SchedulerConfig": "exq.daemon.context",
+    "StatePaths": "exq.store.store",
+    "Submission": "exq.model.state",
+    "SubmissionSpec": "exq.model.jobspec",
+    "TemplateError": "exq.model.template",
+    "Value": "exq.model.manifest",
+    "atomic_write": "exq.store.fsio",
+    "format_value": "exq.model.template",
+    "load_config": "exq.config",
+    "load_manifest": "exq.model.manifest",
+    "parse_manifest": "exq.model.manifest",
+    "render": "exq.model.template",
+    "workdir_note": "exq.model.manifest",
+}
+"""The names of `__all__` imported on first use (by `__getattr__`), and their modules. Every exq command
+imports exq.api, and these modules load pydantic models, the scheduler or asyncio, which `exq --version`
+and most commands do not need; for the same reason the functions below import what they use. Each name is
+also imported under TYPE_CHECKING above, for its type."""
 log = logging.getLogger("exq")
+
+
+def __getattr__(name: str) -> object:
+    """A name of `_LAZY`, imported now (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found directly from now on
+    return value
 
 
 def state_paths(state_dir: str | Path | None = None) -> StatePaths:
     """The state directory: the given one, else $EXQ_STATE_DIR, else the XDG default."""
+    from exq.store.store import StatePaths, default_state_dir
+
     return StatePaths(Path(state_dir) if state_dir else default_state_dir())
 
 
 def submit(paths: StatePaths, spec: SubmissionSpec) -> Intake:
     """Make a submission durable; a running daemon picks it up within a fraction of a second."""
+    from exq.store import intake
+
     return intake.submit(paths, spec)
 
 
-@dataclass(frozen=True)
 class StatusView:
-    state: QueueState
-    pending: list[Intake]
-    """Submissions written by `exq submit` that no daemon has ingested yet."""
-    daemon_alive: bool
-    paths: StatePaths | None = None
-    """The state directory it was read from (names hook logs)."""
-    problems: tuple[str, ...] = ()
-    """What keeps the queue from working normally now (a full disk...), for the reader to see first."""
+    """The queue as a reader sees it: its state, submissions not ingested yet, problems.
+
+    Made from the status index alone when that is current: the whole state is then read on first use of
+    `state`, and `index` (what the default `exq status` shows) needs no state at all.
+    """
+
+    def __init__(self, state: QueueState | None, pending: list[Intake], daemon_alive: bool,
+                 paths: StatePaths | None = None, problems: tuple[str, ...] = (),
+                 index: StatusIndex | None = None) -> None:
+        if state is None and (index is None or paths is None):
+            raise ValueError("a StatusView needs a state, or an index and the paths to read the state from")
+        self._state, self._index = state, index
+        self._from_index = state is None
+        self.pending = pending
+        """Submissions written by `exq submit` that no daemon has ingested yet."""
+        self.daemon_alive = daemon_alive
+        self.paths = paths
+        """The state directory it was read from (names hook logs)."""
+        self.problems = problems
+        """What keeps the queue from working normally now (a full disk...), for the reader to see first."""
+
+    @property
+    def state(self) -> QueueState:
+        """The whole state (read now if the view was made from the index)."""
+        if self._state is None:
+            from exq.store.store import read_state
+
+            assert self.paths is not None
+            self._state = read_state(self.paths)
+        return self._state
+
+    @property
+    def index(self) -> StatusIndex:
+        """What the default view shows: the current status index, or that of the state."""
+        if self._index is None:
+            import time
+
+            from exq.model.summary import summarize
+
+            self._index = summarize(self.state, time.time())
+        return self._index
+
+    def with_state(self) -> StatusView:
+        """This view made from the whole state (read now if need be), its `index` made from that state too."""
+        if not self._from_index:
+            return self
+        return StatusView(self.state, self.pending, self.daemon_alive, self.paths, self.problems)
 
 
 def status(paths: StatePaths) -> StatusView:
-    """The queue as a reader sees it now: snapshot, newer journal events, and pending submissions."""
-    state = read_state(paths)
+    """The queue as a reader sees it now: snapshot, newer journal events, and pending submissions.
+
+    Reads only status_index.json when it is current (see `current_status_index`); `state` is then read
+    on first use.
+    """
+    from exq.store import intake
+    from exq.store.fsio import disk_full_problem
+    from exq.store.store import current_status_index, daemon_running, read_state
+
+    index = current_status_index(paths)
+    state = read_state(paths) if index is None else None
+    daemon = index.daemon if index is not None else state.daemon if state is not None else None
     damaged: list[Path] = []
     pending = [item for _, item in intake.pending_intakes(paths, False, damaged)] if paths.intake.exists() else []
     alive = daemon_running(paths)
-    problems = [state.daemon.problem] if alive and state.daemon and state.daemon.problem else []
+    problems = [daemon.problem] if alive and daemon and daemon.problem else []
     if (full := disk_full_problem(paths.root)) is not None:
         problems.append(full)
     if paths.intake.exists():
         problems.extend(intake.damaged_intakes(paths, damaged))
-    return StatusView(state, pending, alive, paths, tuple(problems))
+    return StatusView(state, pending, alive, paths, tuple(problems), index)
 
 
 def daemon_alive(paths: StatePaths) -> bool:
     """Whether a daemon (or `exq run`) holds this state directory now. Cheap: reads no state."""
+    from exq.store.store import daemon_running
+
     return daemon_running(paths)
 
 
 def state_json(paths: StatePaths) -> bytes:
     """The state as JSON: queue_state.json as it is when it is current, else rebuilt with newer events."""
+    from exq.store.store import current_snapshot, read_state
+
     return current_snapshot(paths) or read_state(paths).model_dump_json().encode()
 
 
@@ -140,6 +223,11 @@ def find_job(state: QueueState, ref: str) -> Job | None:
 
 def control(paths: StatePaths, req: ControlRequest, timeout: float = 15.0) -> ControlReply:
     """Carry out a control request: through the running daemon, or directly when none runs."""
+    import asyncio
+
+    from exq.store import intake
+    from exq.store.store import daemon_running
+
     reply_path = intake.request(paths, req)
     if not daemon_running(paths):
         with contextlib.suppress(DaemonRunningError):  # a daemon started meanwhile: it will answer
@@ -151,6 +239,10 @@ def control(paths: StatePaths, req: ControlRequest, timeout: float = 15.0) -> Co
 
 
 async def _apply_offline(paths: StatePaths) -> None:
+    from exq.config import load_config
+    from exq.daemon.scheduler import Scheduler
+    from exq.store.store import Store
+
     store = Store(paths).open()
     try:
         await Scheduler(store, build_workers(paths, load_config()), mode="run").apply_pending_requests()
@@ -160,24 +252,39 @@ async def _apply_offline(paths: StatePaths) -> None:
 
 def build_workers(paths: StatePaths, config: ExqConfig) -> dict[str, Worker]:
     """One worker per enabled host: this machine (`local`) and each SSH host of the config."""
+    from exq.config import LOCAL
+    from exq.gpus.select import select_probe
+    from exq.model import contract
+    from exq.workers.local import LocalWorker
+
     workers: dict[str, Worker] = {}
     if config.local_enabled:
         probe = select_probe(scope=str(paths.root))
-        workers[LOCAL_HOST] = LocalWorker(name=LOCAL_HOST, probe=probe, jobs_root=paths.jobs)
-    node_id = node_identity(paths)
-    for name, host in config.remote_hosts().items():
-        workers[name] = SshWorker(name, host, node_id)
+        workers[LOCAL] = LocalWorker(name=LOCAL, probe=probe, jobs_root=paths.jobs,
+                                     job_env={contract.STATE_DIR: str(paths.root)})
+    remote = config.remote_hosts()
+    if remote:
+        from exq.workers.ssh import SshWorker  # loads asyncssh: only when an SSH host is configured
+
+        node_id = node_identity(paths)
+        for name, host in remote.items():
+            workers[name] = SshWorker(name, host, node_id)
     return workers
 
 
 def node_identity(paths: StatePaths) -> str:
     """Names this daemon's directory on remote hosts, so two daemons sharing a login never mix jobs."""
+    import hashlib
+    import socket
+
     digest = hashlib.sha256(f"{socket.gethostname()}:{paths.root}".encode()).hexdigest()[:12]
     return f"{socket.gethostname()}-{digest}"
 
 
 def scheduler_config(config: ExqConfig, **overrides: Any) -> SchedulerConfig:
     """Scheduler settings with each host's lost timeout from the config."""
+    from exq.daemon.context import SchedulerConfig
+
     lost = {name: host.lost_timeout for name, host in config.remote_hosts().items()}
     return SchedulerConfig(lost_timeouts=lost, **overrides)
 
@@ -195,10 +302,18 @@ class HostReport:
 
 def probe_hosts(paths: StatePaths, timeout: float = 60.0) -> list[HostReport]:
     """Probe every enabled host of the config now (connecting over SSH where needed)."""
+    import asyncio
+
+    from exq.config import load_config
+
     return asyncio.run(_probe_hosts(build_workers(paths, load_config()), timeout))
 
 
 async def _probe_hosts(workers: dict[str, Worker], timeout: float) -> list[HostReport]:
+    import asyncio
+
+    from exq.ssh.connection import failure_kind
+
     async def one(name: str, worker: Worker) -> HostReport:
         try:
             return HostReport(name, await asyncio.wait_for(worker.probe(), timeout), None)
@@ -212,6 +327,8 @@ async def _probe_hosts(workers: dict[str, Worker], timeout: float) -> list[HostR
 
 def probe_gpus(paths: StatePaths) -> GpuSnapshot:
     """What this machine's GPU probe sees now (a simulation is scoped to the state dir `paths`)."""
+    from exq.gpus.select import select_probe
+
     probe = select_probe(scope=str(paths.root))
     try:
         return probe.snapshot()
@@ -226,6 +343,8 @@ def serve(
     mode: str = "daemon",
 ) -> QueueState:
     """Run the scheduler in this process until SIGTERM/SIGINT (drain) or until `until(state)` holds."""
+    import asyncio
+
     return asyncio.run(_serve(paths, config, until, mode))
 
 
@@ -235,6 +354,13 @@ async def _serve(
     until: Callable[[QueueState], bool] | None,
     mode: str,
 ) -> QueueState:
+    import asyncio
+
+    from exq.config import load_config
+    from exq.daemon.scheduler import Scheduler
+    from exq.notify import Notifier
+    from exq.store.store import Store
+
     host_config = load_config()
     store = Store(paths).open()
     workers = build_workers(paths, host_config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -14,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.live import Live
-from rich.text import Text
 
 from exq import __version__, api
 from exq.errors import (
@@ -28,9 +27,10 @@ from exq.errors import (
     os_error_text,
 )
 from exq.units import parse_size
-from exq.views import plain_console
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from exq.bridge.compile import Compiled
     from exq.bridge.plan import Selection
 
@@ -42,8 +42,23 @@ EXIT_INTERRUPTED = 130
 DEBUG_ENV = "EXQ_DEBUG"
 """Set to 1 to print the traceback of any error (as `-vv` does)."""
 _Command = TypeVar("_Command", bound=Callable[..., Any])
-console = plain_console()
-err_console = plain_console(stderr=True)
+
+
+@functools.cache
+def console() -> Console:
+    """stdout's console, made on first use: exq.views loads the state's models, which `exq --version` does not
+    need."""
+    from exq.views import plain_console
+
+    return plain_console()
+
+
+@functools.cache
+def err_console() -> Console:
+    """stderr's console, made on first use (as `console`)."""
+    from exq.views import plain_console
+
+    return plain_console(stderr=True)
 
 
 class _Context:
@@ -138,13 +153,13 @@ def validate(manifest: Path, all_jobs: bool, max_jobs: int | None) -> None:
 def _print_spec(spec: api.SubmissionSpec, all_jobs: bool) -> None:
     from exq.views import spec_table
 
-    console.print(spec_table(spec, limit=None if all_jobs else 200))
+    console().print(spec_table(spec, limit=None if all_jobs else 200))
 
 
 def _print_notes(spec: api.SubmissionSpec) -> None:
     """What the submitter should know about a valid manifest (on stderr)."""
     if (note := api.workdir_note(spec)) is not None:
-        err_console.print(f"note: {note}")
+        err_console().print(f"note: {note}")
 
 
 @cli.command()
@@ -166,10 +181,10 @@ def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, m
         return
     paths = _paths(ctx)
     item = api.submit(paths, spec)
-    console.print(f"submitted {len(spec.jobs)} job(s) as submission {item.id} ({spec.name})")
+    console().print(f"submitted {len(spec.jobs)} job(s) as submission {item.id} ({spec.name})")
     _print_notes(spec)
     if not api.daemon_alive(paths):
-        err_console.print("note: no exq daemon runs on this state dir; start `exq daemon` to run the jobs")
+        err_console().print("note: no exq daemon runs on this state dir; start `exq daemon` to run the jobs")
 
 
 @cli.command()
@@ -185,25 +200,27 @@ def run(ctx: click.Context, manifest: Path, max_jobs: int | None) -> None:
     item = api.submit(paths, spec)
     gpus = api.probe_gpus(paths)
     label = " (SIMULATED)" if gpus.simulated else ""
-    err_console.print(f"exq run: submission {item.id}, {len(spec.jobs)} job(s); GPUs: {len(gpus.gpus)} "
-                      f"via {gpus.backend}{label}" + (f" - {gpus.message}" if gpus.message else ""))
+    err_console().print(f"exq run: submission {item.id}, {len(spec.jobs)} job(s); GPUs: {len(gpus.gpus)} "
+                        f"via {gpus.backend}{label}" + (f" - {gpus.message}" if gpus.message else ""))
     _print_notes(spec)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("exq").setLevel(logging.INFO)
 
     def done(state: api.QueueState) -> bool:
-        mine = [j for j in state.jobs if j.submission == item.id]
-        return bool(mine) and all(j.status.finished for j in mine)
+        """Whether every job of this submission has ended (newest first: an unended one is found soon)."""
+        mine = (j for j in reversed(state.jobs) if j.submission == item.id)
+        first = next(mine, None)
+        return first is not None and first.status.finished and all(j.status.finished for j in mine)
 
     state = api.serve(paths, until=done, mode="run")
     view = api.StatusView(state, [], False)
     from exq.views import job_table, phase_table
 
     mine = [j for j in state.jobs if j.submission == item.id]
-    console.print(phase_table(view))
-    console.print(job_table(mine))
+    console().print(phase_table(view))
+    console().print(job_table(mine))
     if not done(state):
-        err_console.print("exq run: interrupted; running jobs keep running (`exq daemon` re-attaches them)")
+        err_console().print("exq run: interrupted; running jobs keep running (`exq daemon` re-attaches them)")
         sys.exit(EXIT_JOBS_FAILED)
     if any(j.status != api.JobStatus.SUCCEEDED for j in mine):
         sys.exit(EXIT_JOBS_FAILED)
@@ -243,9 +260,11 @@ def status(ctx: click.Context, as_json: bool, watch: bool, all_jobs: bool) -> No
         sys.stdout.buffer.write(api.state_json(paths) + b"\n")
         return
     if not watch:
-        console.print(status_renderable(api.status(paths), all_jobs))
+        console().print(status_renderable(api.status(paths), all_jobs))
         return
-    with Live(status_renderable(api.status(paths), all_jobs), console=console, refresh_per_second=2) as live:
+    from rich.live import Live
+
+    with Live(status_renderable(api.status(paths), all_jobs), console=console(), refresh_per_second=2) as live:
         try:
             while True:
                 time.sleep(1.0)
@@ -296,7 +315,7 @@ def _control(ctx: click.Context, req: api.ControlRequest) -> None:
     reply = api.control(_paths(ctx), req)
     if not reply.ok:
         raise NotFoundError(reply.message)
-    console.print(reply.message)
+    console().print(reply.message)
 
 
 _SCOPE_OPTIONS = [
@@ -370,7 +389,7 @@ def gpus(ctx: click.Context, as_json: bool) -> None:
         return
     from exq.views import gpu_table
 
-    console.print(gpu_table("local", snap))
+    console().print(gpu_table("local", snap))
 
 
 @cli.command()
@@ -390,7 +409,7 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
     else:
         from exq.views import hosts_table
 
-        console.print(hosts_table(reports))
+        console().print(hosts_table(reports))
     if any(r.snapshot is None for r in reports):
         sys.exit(EXIT_JOBS_FAILED)
 
@@ -441,9 +460,9 @@ def _selection(include: str, rerun_failed: bool) -> Selection:
 def _print_choices(compiled: Compiled) -> None:
     """The compile report: each run compiled (with its command and where it came from) or left alone."""
     for choice in compiled.runs:
-        err_console.print(f"{'run ' if choice.compiled else 'skip'}  {choice.describe()}")
+        err_console().print(f"{'run ' if choice.compiled else 'skip'}  {choice.describe()}")
     for note in compiled.notes:
-        err_console.print(f"note: {note}")
+        err_console().print(f"note: {note}")
 
 
 @plan.command("compile")
@@ -464,7 +483,7 @@ def plan_compile(plan_file: Path, tracker: Path | None, runs: Path | None, inclu
         click.echo(compiled.yaml_text, nl=False)
     else:
         output.write_text(compiled.yaml_text)
-        console.print(f"wrote {output}")
+        console().print(f"wrote {output}")
 
 
 @plan.command("submit")
@@ -494,15 +513,15 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
             _print_spec(api.parse_manifest(compiled.yaml_text, str(manifest.absolute())), all_jobs=False)
         if flow is not None:
             for problem in bridge.check_gates(flow, force=True):
-                err_console.print(f"note: {flow}: {problem}")
+                err_console().print(f"note: {flow}: {problem}")
         return
     item, overridden, compiled = bridge.submit(files, manifest, flow, force, _paths(ctx), selection)
     _print_choices(compiled)
     for problem in overridden:
-        err_console.print(f"warning: --force overrode: {problem}")
-    console.print(f"submitted the plan as submission {item.id} ({len(item.spec.jobs)} jobs); manifest: {manifest}")
+        err_console().print(f"warning: --force overrode: {problem}")
+    console().print(f"submitted the plan as submission {item.id} ({len(item.spec.jobs)} jobs); manifest: {manifest}")
     if flow is not None:
-        console.print(f"{flow}: Training & Validation gate set to In Progress")
+        console().print(f"{flow}: Training & Validation gate set to In Progress")
 
 
 @plan.command("sync")
@@ -529,11 +548,11 @@ def plan_sync(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: P
                           bridge.find_workflow(plan_file, workflow, enabled=not no_workflow))
     report = sync(targets, _paths(ctx), submission)
     for note in report.notes:
-        err_console.print(f"note: {note}")
+        err_console().print(f"note: {note}")
     for change in report.changed:
-        console.print(f"updated {change}")
+        console().print(f"updated {change}")
     if not report.changed:
-        console.print(f"submission {report.submission}: the documents are up to date")
+        console().print(f"submission {report.submission}: the documents are up to date")
 
 
 @plan.command("gate")
@@ -550,7 +569,7 @@ def plan_gate(ctx: click.Context, runs_file: Path, milestone: str, submission: s
 
     checks = bridge.check_gate(_paths(ctx), runs_file, milestone, submission)
     for check in checks:
-        console.print(f"{'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}")
+        console().print(f"{'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}")
     if result_file is not None:
         result_file.write_text(json.dumps(bridge.gate_result(milestone, checks), indent=2))
     if not all(check.passed for check in checks):
@@ -573,12 +592,12 @@ def import_aris(spec: Path, output: Path | None) -> None:
 
     conversion = convert(str(spec))
     for note in conversion.notes:
-        err_console.print(f"note: {note}")
+        err_console().print(f"note: {note}")
     if output is None:
         click.echo(conversion.manifest_yaml, nl=False)
     else:
         output.write_text(conversion.manifest_yaml, encoding="utf-8")
-        console.print(f"wrote {output} ({len(conversion.notes)} note(s) above)")
+        console().print(f"wrote {output} ({len(conversion.notes)} note(s) above)")
 
 
 def _register() -> None:
@@ -616,7 +635,7 @@ def _run(argv: list[str]) -> int:
 def _report(exc: BaseException) -> int:
     """Say what went wrong in one line (per problem) and return the exit code."""
     if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
-        err_console.print("aborted")
+        err_console().print("aborted")
         return EXIT_INTERRUPTED
     if isinstance(exc, click.ClickException):
         exc.show()
@@ -633,13 +652,15 @@ def _report(exc: BaseException) -> int:
         return error.exit_code
     _say("exq: internal error: ", f"{type(exc).__name__}: {exc}")
     if not _traceback_if_debug(exc):
-        err_console.print(f"This is a bug in exq {__version__}; please report it with the command you ran and "
-                          f"its output with -vv (or {DEBUG_ENV}=1), which adds the traceback.")
+        err_console().print(f"This is a bug in exq {__version__}; please report it with the command you ran and "
+                            f"its output with -vv (or {DEBUG_ENV}=1), which adds the traceback.")
     return EXIT_ERROR
 
 
 def _say(prefix: str, line: str) -> None:
-    err_console.print(Text(prefix, style="bold red") + Text(line))
+    from rich.text import Text
+
+    err_console().print(Text(prefix, style="bold red") + Text(line))
 
 
 def _traceback_if_debug(exc: BaseException) -> bool:

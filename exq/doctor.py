@@ -16,14 +16,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import click
 
 from exq import api
-from exq.config import LOCAL, ExqConfig, HostConfig, config_path
 from exq.errors import ConfigError, ExqError, StateError, os_error_text
 from exq.units import format_size
+
+if TYPE_CHECKING:
+    from exq.config import ExqConfig, HostConfig
 
 Status = Literal["ok", "warn", "fail"]
 DISK_WARN = 1024**3
@@ -47,6 +49,8 @@ class Check:
 
 def check_config() -> tuple[Check, ExqConfig | None]:
     """The host config parses; its problems are reported at file:line. Also returns the config."""
+    from exq.config import config_path  # the config's models load pydantic; `exq --help` imports this module
+
     path = config_path()
     try:
         config = api.load_config()
@@ -254,6 +258,8 @@ def host_fix(name: str, host: HostConfig | None, kind: api.FailureKind | None) -
 
 def check_hosts(paths: api.StatePaths, config: ExqConfig, timeout: float = HOST_TIMEOUT) -> list[Check]:
     """Probe each configured SSH host now (`api.probe_hosts`), as the daemon would."""
+    from exq.config import LOCAL
+
     remote = config.remote_hosts()
     if not remote:
         return []

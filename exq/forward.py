@@ -7,18 +7,16 @@ is resolved from the login's home directory.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import asyncssh
-
-from exq.config import LOCAL, HostConfig, load_config
 from exq.errors import ExqError, UsageError, WorkerError
-from exq.queue.workers import sshconn
+
+if TYPE_CHECKING:
+    import asyncssh
 
 REMOTE_EXQ_ENV = "EXQ_REMOTE_EXQ"
 """How to run exq on the node (default `exq`), e.g. `~/exq/.venv/bin/exq`."""
@@ -27,6 +25,9 @@ NOT_FORWARDED = {"daemon", "run"}
 
 def forward(node: str, args: list[str]) -> int:
     """Run `exq ARGS` on NODE, streaming its output here; returns its exit status."""
+    # Here and in _forward, not at the top: every exq command imports this module for split_host.
+    import asyncio
+
     args, stdin = _prepare(args)
     return asyncio.run(_forward(node, args, stdin))
 
@@ -78,6 +79,13 @@ def _prepare(args: list[str]) -> tuple[list[str], bytes | None]:
 
 
 async def _forward(node: str, args: list[str], stdin: bytes | None) -> int:
+    import asyncio
+
+    import asyncssh
+
+    from exq.config import LOCAL, HostConfig, load_config
+    from exq.ssh import connection as sshconn
+
     if node == LOCAL:
         raise ExqError("--host local: run exq without --host on this machine")
     host = load_config().hosts.get(node, HostConfig())

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import shlex
 from types import TracebackType
-
-import asyncssh
+from typing import TYPE_CHECKING
 
 from exq.config import LOCAL, load_config
 from exq.errors import ExqError, WorkerError
-from exq.queue.state import Attempt
-from exq.queue.workers import sshconn
+from exq.model.state import Attempt
+from exq.ssh import connection as sshconn
+
+if TYPE_CHECKING:
+    import asyncssh
 
 
 class LogSource:
@@ -36,6 +38,8 @@ class LogSource:
                     return handle.read()
             except FileNotFoundError:
                 return b""
+        import asyncssh  # already loaded by __init__'s connection; at the top, it would slow local logs
+
         command = f"tail -c +{offset + 1} {shlex.quote(self.path)} 2>/dev/null"
         try:
             result = self._runner.run(self._conn.run(command, encoding=None, check=False))

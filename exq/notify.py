@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Mapping, MutableMapping
 
-from exq.queue.state import JobStatus, QueueState
+from exq.model.state import JobStatus, QueueState
 
 log = logging.getLogger("exq.notify")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
-from exq.queue.fsio import atomic_write
-from exq.queue.outcome import OOM_EXIT_CODE
+from exq.model import contract
+from exq.model.contract import OOM_EXIT_CODE
 
 __all__ = [
     "OOM_EXIT_CODE", "BatchPlan", "Reporter", "batch_plan", "finish", "is_cuda_oom", "oom_guard", "param", "params",
@@ -114,7 +114,7 @@ def scaled_batch(batch_size: int, base_batch: int) -> tuple[int, int]:
 
 def params() -> dict[str, Any]:
     """This attempt's params (`$EXQ_PARAMS`), after any `on_oom.scale`; `{}` when not run by exq."""
-    return _params_from("EXQ_PARAMS")
+    return _params_from(contract.PARAMS)
 
 
 def param(name: str, default: Any = _MISSING) -> Any:
@@ -147,7 +147,7 @@ def batch_plan(name: str = "batch_size") -> BatchPlan:
     the param, the micro-batch shrinks and accumulation keeps the effective batch.
     """
     batch = int(param(name))
-    effective = int(_params_from("EXQ_BASE_PARAMS").get(name, batch))
+    effective = int(_params_from(contract.BASE_PARAMS).get(name, batch))
     micro, accumulation = scaled_batch(batch, effective)
     return BatchPlan(batch, effective, micro, accumulation)
 
@@ -198,7 +198,7 @@ class Reporter:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, interval: float = 1.0) -> None:
-        target = path if path is not None else os.environ.get("EXQ_RESULT_FILE")
+        target = path if path is not None else os.environ.get(contract.RESULT_FILE)
         self.path = Path(target) if target else None
         self.interval = interval
         self.metrics: dict[str, Any] = {}
@@ -234,7 +234,7 @@ class Reporter:
     def _write(self) -> None:
         assert self.path is not None
         data = json.dumps(_jsonable(self.metrics), allow_nan=False).encode()
-        atomic_write(self.path, data)
+        contract.write_result(self.path, data)
 
     def __enter__(self) -> Reporter:
         return self

@@ -16,9 +16,10 @@ from rich.table import Table
 from rich.text import Text
 
 from exq.api import HostReport, StatusView
-from exq.queue.gpus import GpuSnapshot
-from exq.queue.jobspec import SubmissionSpec
-from exq.queue.state import Job, JobStatus
+from exq.gpus import GpuSnapshot
+from exq.model.jobspec import SubmissionSpec
+from exq.model.state import Job, JobStatus
+from exq.model.summary import LISTED, listing_order
 from exq.units import format_duration, format_size
 
 STATUS_STYLE = {
@@ -58,11 +59,10 @@ def phase_table(view: StatusView) -> Table:
     table.add_column("phase", no_wrap=True)
     table.add_column("progress", no_wrap=True)
     table.add_column("jobs")
-    groups: dict[tuple[str, str], Counter[JobStatus]] = {}
-    for job in view.state.jobs:
-        groups.setdefault((job.submission, job.phase), Counter())[job.status] += 1
-    names = {s.id: f"{s.id} {s.name}" for s in view.state.submissions}
-    for (sub, phase), counts in groups.items():
+    index = view.index
+    names = {s.id: f"{s.id} {s.name}" for s in index.submissions}
+    for group in index.phases:
+        sub, phase, counts = group.submission, group.phase, Counter(group.counts)
         total = sum(counts.values())
         done = sum(n for status, n in counts.items() if status.finished)
         progress = Table.grid(padding=(0, 1))
@@ -134,16 +134,22 @@ def _number(value: Any) -> str:
 
 
 def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:
-    jobs = view.state.jobs if all_jobs else [
-        j for j in view.state.jobs if j.status != JobStatus.SUCCEEDED or j.finished_at is None
-        or time.time() - j.finished_at < 3600
-    ]
+    """Problems, the phase table, hook failures, pending submissions, then the jobs: every one with
+    `all_jobs`, else the first LISTED active and recent ones (from the status index when it is current)."""
+    listing = None if all_jobs else view.index.listing(time.time())
+    if listing is None:  # every job, or the index cannot tell which recent ones are shown: the whole state
+        view = view.with_state()
+        if all_jobs:
+            listing = sorted(view.state.jobs, key=listing_order), len(view.state.jobs)
+        else:  # an index made from the state answers at the time it was made
+            listing = view.index.listing(view.index.at) or ([], 0)
+    jobs, count = listing
     parts: list[Table | Text] = [Text(f"exq: {problem}", style="bold red") for problem in view.problems]
     parts.append(phase_table(view))
     parts.extend(
         Text(f"submission {sub.id} ({sub.name}): on_job_end failed: {sub.hook_error}"
              + (f"; log: {view.paths.hook_log(sub.id)}" if view.paths else ""), style="red")
-        for sub in view.state.submissions if sub.hook_error
+        for sub in view.index.submissions if sub.hook_error
     )
     parts.extend(
         Text(f"submission {item.id} ({item.spec.name}): {len(item.spec.jobs)} jobs waiting for a daemon to take them",
@@ -151,9 +157,9 @@ def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:
         for item in view.pending
     )
     if jobs:
-        parts.append(job_table(sorted(jobs, key=_job_sort), limit=None if all_jobs else 50))
-    if not all_jobs and len(jobs) > 50:
-        parts.append(Text(f"... {len(jobs) - 50} more jobs (exq status --all)", style="dim"))
+        parts.append(job_table(jobs))
+    if not all_jobs and count > LISTED:
+        parts.append(Text(f"... {count - LISTED} more jobs (exq status --all)", style="dim"))
     return Group(*parts)
 
 
@@ -185,16 +191,11 @@ def hosts_table(reports: list[HostReport]) -> Table:
 
 
 def _title(view: StatusView) -> str:
-    state = view.state
-    if view.daemon_alive and state.daemon:
-        who = f"daemon pid {state.daemon.pid} on {state.daemon.hostname}"
+    index = view.index
+    if view.daemon_alive and index.daemon:
+        who = f"daemon pid {index.daemon.pid} on {index.daemon.hostname}"
     else:
         who = "no daemon running"
-    paused = ", PAUSED" if state.paused else ""
-    sim = " [SIMULATED GPUs]" if any(g.simulated for g in state.gpus) else ""
-    return f"exq: {who}{paused}; {len(state.jobs)} jobs{sim}"
-
-
-def _job_sort(job: Job) -> tuple[int, int]:
-    rank = {JobStatus.RUNNING: 0, JobStatus.UNKNOWN: 0, JobStatus.FAILED: 1, JobStatus.BLOCKED: 2, JobStatus.QUEUED: 3}
-    return rank.get(job.status, 4), job.order
+    paused = ", PAUSED" if index.paused else ""
+    sim = " [SIMULATED GPUs]" if index.simulated else ""
+    return f"exq: {who}{paused}; {index.total} jobs{sim}"

@@ -20,8 +20,8 @@ from conftest import Exq, wait_until
 
 from exq.bridge.aris import Conversion, convert_aris, import_aris
 from exq.errors import ManifestError
-from exq.queue.jobspec import JobSpec, SubmissionSpec
-from exq.queue.manifest import parse_manifest
+from exq.model.jobspec import JobSpec, SubmissionSpec
+from exq.model.manifest import parse_manifest
 
 DATA = Path(__file__).parent / "data" / "bridge" / "aris"
 ALICE = re.compile(r"/home/alice/[\w.-]+")

@@ -15,7 +15,7 @@ from exq.bridge.owned import exq_part, merge, person_part
 from exq.bridge.runs import load_runs
 from exq.bridge.status import Intent, read_status
 from exq.errors import ManifestError, UsageError
-from exq.queue.manifest import parse_manifest
+from exq.model.manifest import parse_manifest
 
 STATUSES = {
     "": Intent.TODO, "TODO": Intent.TODO, "⏳ QUEUED": Intent.TODO, "PENDING": Intent.TODO, "TODO/REUSE": Intent.TODO,

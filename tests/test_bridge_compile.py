@@ -13,7 +13,7 @@ from exq.bridge.compile import compile_plan
 from exq.bridge.model import Milestone, Plan, Tracker, TrackerRow
 from exq.bridge.runs import LoadedRuns, load_runs
 from exq.errors import ManifestError
-from exq.queue.manifest import parse_manifest
+from exq.model.manifest import parse_manifest
 
 
 def plan(tmp_path: Path) -> Plan:

@@ -16,7 +16,7 @@ from exq.bridge.progress import PlanProgress, plan_progress
 from exq.bridge.results import new_document, update_results
 from exq.bridge.runlog import append_entries, new_entries
 from exq.bridge.runs import RunsFile
-from exq.queue.jobspec import JobSpec
+from exq.model.jobspec import JobSpec
 
 
 def rule(**fields: Any) -> GateRule:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from exq.queue.classify import ERROR_CHARS, OOM_PATTERNS, classify, find_oom, find_transient, last_line
-from exq.queue.outcome import OOM_EXIT_CODE, Outcome
-from exq.queue.workers.base import LOG_TAIL_BYTES, AttemptReport, RunRecord
+from exq.daemon.classify import ERROR_CHARS, OOM_PATTERNS, classify, find_oom, find_transient, last_line
+from exq.model.contract import OOM_EXIT_CODE
+from exq.model.outcome import Outcome
+from exq.workers.base import LOG_TAIL_BYTES, AttemptReport, RunRecord
 
 LOGS = Path(__file__).parent / "data" / "logs"
 TEARDOWN = "".join(f"[rank0]: shutting down dataloader worker {i}, releasing pinned buffers\n" for i in range(200))

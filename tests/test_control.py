@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from exq.daemon.control import plan
 from exq.errors import NotFoundError
-from exq.queue.control import plan
-from exq.queue.events import Blocked, Submitted
-from exq.queue.intake import ControlRequest
-from exq.queue.jobspec import JobSpec
-from exq.queue.ledger import Ledger
-from exq.queue.state import JobStatus, Submission
+from exq.model.events import Blocked, Submitted
+from exq.model.jobspec import JobSpec
+from exq.model.ledger import Ledger
+from exq.model.state import JobStatus, Submission
+from exq.store.intake import ControlRequest
 
 
 def _submit(ledger: Ledger, sub_id: str, name: str = "exp") -> None:

@@ -20,7 +20,7 @@ from exq import api
 from exq.config import HostConfig
 from exq.doctor import check_disk, doctor, host_fix
 from exq.errors import WorkerError
-from exq.queue.workers.sshconn import HostKeyError, HostUnreachableError, failure_kind
+from exq.ssh.connection import HostKeyError, HostUnreachableError, failure_kind
 
 Start = Callable[..., SshHosts]
 

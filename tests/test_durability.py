@@ -19,11 +19,11 @@ from conftest import EXQ, Exq, wait_until
 from faults import fill_disk, needs_root, other_user, small_tmpfs
 from test_store import launched, spec, submitted
 
+from exq.daemon.scheduler import Scheduler
 from exq.errors import StateError, WriteError
-from exq.queue import intake
-from exq.queue.scheduler import Scheduler
-from exq.queue.state import JobStatus
-from exq.queue.store import StatePaths, Store, read_state
+from exq.model.state import JobStatus
+from exq.store import intake
+from exq.store.store import StatePaths, Store, read_state
 
 # -- a full disk -----------------------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ def test_full_disk_submit_refuses_the_daemon_waits_and_resumes_losing_nothing(ex
 
 def _state_with_a_compacted_journal(paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
     """Submission 1 (3 jobs); j0 launched before the last compaction, j1 after it (journal only)."""
-    monkeypatch.setattr("exq.queue.store.COMPACT_JOURNAL_BYTES", 0)
+    monkeypatch.setattr("exq.store.store.COMPACT_JOURNAL_BYTES", 0)
     store = Store(paths, min_snapshot_interval=3600).open()
     store.commit([submitted("1", 3)])
     store.snapshot(force=True)
@@ -212,7 +212,7 @@ def test_a_replayed_intake_file_is_never_ingested_twice(tmp_path: Path) -> None:
 
 def _submit_killed_after_reserving(root: str) -> None:
     """`exq submit` killed after it reserved its number, before its intake file was written."""
-    import exq.queue.intake as module
+    import exq.store.intake as module
 
     real = module.atomic_write
 

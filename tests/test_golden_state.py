@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from exq.queue.events import Reset
-from exq.queue.state import JobStatus
-from exq.queue.store import StatePaths, Store, read_state
+from exq.model.events import Reset
+from exq.model.state import JobStatus
+from exq.store.store import StatePaths, Store, read_state
 
 GOLDEN = Path(__file__).parent / "data" / "queue_state_v1.json"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from exq.errors import ExqError
-from exq.queue.gpus import GpuProcess, GpuSnapshot
-from exq.queue.gpus.nvml import NvmlProbe, NvmlUnavailableError
-from exq.queue.gpus.select import NoGpuProbe, select_probe
-from exq.queue.gpus.simulated import SimulatedProbe, parse_gpu_spec
+from exq.gpus import GpuProcess, GpuSnapshot
+from exq.gpus.nvml import NvmlProbe, NvmlUnavailableError
+from exq.gpus.select import NoGpuProbe, select_probe
+from exq.gpus.simulated import SimulatedProbe, parse_gpu_spec
 
 GiB = 1024**3
 
@@ -194,7 +194,7 @@ def test_select_empty_simulation_var_means_real() -> None:
 
 def test_probe_in_subprocess_env_is_not_needed() -> None:
     """select_probe() reads os.environ by default."""
-    code = "from exq.queue.gpus.select import select_probe; print(select_probe().backend)"
+    code = "from exq.gpus.select import select_probe; print(select_probe().backend)"
     out = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, "EXQ_SIMULATE_GPUS": "1x1GiB"},
         capture_output=True, text=True, timeout=30, check=True,

@@ -19,11 +19,11 @@ from conftest import Exq, wait_until
 from test_store import ended, launched, submitted
 
 from exq.errors import ManifestError
-from exq.queue.events import HookRan, Reset
-from exq.queue.jobspec import Hook
-from exq.queue.manifest import parse_manifest
-from exq.queue.state import JobStatus
-from exq.queue.store import StatePaths, Store, read_state
+from exq.model.events import HookRan, Reset
+from exq.model.jobspec import Hook
+from exq.model.manifest import parse_manifest
+from exq.model.state import JobStatus
+from exq.store.store import StatePaths, Store, read_state
 
 HOOK = """
 import json, os, sys, time

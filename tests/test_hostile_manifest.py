@@ -15,11 +15,11 @@ from conftest import Exq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exq.queue.intake import submit as write_intake
-from exq.queue.jobspec import JobSpec, Resources, SubmissionSpec
-from exq.queue.manifest import MAX_JOBS, parse_manifest
-from exq.queue.store import StatePaths
-from exq.queue.template import command_placeholders, render
+from exq.model.jobspec import JobSpec, Resources, SubmissionSpec
+from exq.model.manifest import MAX_JOBS, parse_manifest
+from exq.model.template import command_placeholders, render
+from exq.store.intake import submit as write_intake
+from exq.store.store import StatePaths
 
 
 def refused(exq: Exq, text: str | bytes, *args: str, command: str = "validate") -> str:

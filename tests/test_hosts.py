@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exq.queue.hosts import Change, HostTracker
+from exq.daemon.hosts import Change, HostTracker
 
 
 def test_transitions_are_reported_once() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import Exq, wait_until
 
-from exq.queue.waitfor import PathWaits
+from exq.daemon.waitfor import PathWaits
 
 HOLD = 'n=0; while [ ! -e "$MARKS/go" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done'
 """Shell: wait until the test creates marks/go (at most 60 s)."""

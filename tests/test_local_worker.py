@@ -19,11 +19,11 @@ from typing import TypeVar
 import psutil
 import pytest
 
-from exq.queue.classify import classify
-from exq.queue.gpus.simulated import SimulatedProbe
-from exq.queue.outcome import Outcome
-from exq.queue.workers.base import LOG_TAIL_BYTES, LaunchRequest, RunRecord
-from exq.queue.workers.local import LaunchRefused, LocalWorker, group_alive, read_record
+from exq.daemon.classify import classify
+from exq.gpus.simulated import SimulatedProbe
+from exq.model.outcome import Outcome
+from exq.workers.base import LOG_TAIL_BYTES, LaunchRequest, RunRecord
+from exq.workers.local import LaunchRefused, LocalWorker, group_alive, read_record
 
 T = TypeVar("T")
 GRACE = 0.5
@@ -328,9 +328,9 @@ def test_runner_survives_its_parent(tmp_path: Path, pgids: list[int]) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        from exq.queue.gpus.simulated import SimulatedProbe
-        from exq.queue.workers.base import LaunchRequest
-        from exq.queue.workers.local import LocalWorker
+        from exq.gpus.simulated import SimulatedProbe
+        from exq.workers.base import LaunchRequest
+        from exq.workers.local import LocalWorker
 
         async def main():
             worker = LocalWorker(probe=SimulatedProbe("1x1GiB"), jobs_root={str(tmp_path)!r}, cleanup_grace=0.5)
@@ -405,8 +405,8 @@ def test_wait_without_pidfd(worker: LocalWorker, tmp_path: Path, monkeypatch: py
 
 
 def test_runner_script_is_posix(tmp_path: Path) -> None:
-    runner = Path(__file__).parent.parent / "exq" / "queue" / "workers" / "runner.sh"
-    from exq.queue.workers.local import RUNNER_PATH
+    runner = Path(__file__).parent.parent / "exq" / "workers" / "runner.sh"
+    from exq.workers.local import RUNNER_PATH
 
     assert RUNNER_PATH.resolve() == runner.resolve()
     for shell in ("dash", "sh"):

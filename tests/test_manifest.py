@@ -11,8 +11,8 @@ from textwrap import dedent
 import pytest
 
 from exq.errors import InputProblem, ManifestError
-from exq.queue.jobspec import SubmissionSpec
-from exq.queue.manifest import load_manifest, parse_manifest, workdir_note
+from exq.model.jobspec import SubmissionSpec
+from exq.model.manifest import load_manifest, parse_manifest, workdir_note
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import Exq, wait_until
 
+from exq.model.state import HostView, QueueState
 from exq.notify import Notifier, status_text
-from exq.queue.state import HostView, QueueState
 
 
 class Listener:
@@ -176,7 +176,7 @@ def test_status_text_counts_hosts_down() -> None:
 
 
 def test_status_text_leads_with_what_keeps_the_daemon_from_working() -> None:
-    from exq.queue.state import DaemonInfo
+    from exq.model.state import DaemonInfo
 
     state = QueueState(daemon=DaemonInfo(pid=1, hostname="h", started_at=0.0, mode="daemon",
                                          problem="cannot write the queue state (disk full): not placing jobs"))

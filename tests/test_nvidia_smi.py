@@ -17,8 +17,8 @@ import asyncssh
 import pytest
 from sshhosts import FAKE_NVIDIA_SMI, FOREIGN_PID, SshHosts
 
-from exq.queue.gpus import GpuSnapshot
-from exq.queue.gpus.nvidia_smi import MARKER, MISSING_MESSAGE, PROBE_COMMAND, parse_probe_output
+from exq.gpus import GpuSnapshot
+from exq.gpus.nvidia_smi import MARKER, MISSING_MESSAGE, PROBE_COMMAND, parse_probe_output
 
 MiB, GiB = 1024**2, 1024**3
 UUID0 = "GPU-3b5d2f0e-8c1a-4d6e-9f7b-2a1c0e5d4b3a"

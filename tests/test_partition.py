@@ -19,13 +19,13 @@ from test_remote_e2e import configure, marks, shared  # noqa: F401  (shared: a f
 from test_store import launched, submitted
 
 from exq.config import HostConfig
+from exq.daemon.hosts import CHECK_RETRY, HostTracker
 from exq.errors import WorkerError
-from exq.queue.events import Ended, Superseded
-from exq.queue.hosts import CHECK_RETRY, HostTracker
-from exq.queue.outcome import Outcome
-from exq.queue.state import JobStatus
-from exq.queue.store import StatePaths, Store, read_state
-from exq.queue.workers.ssh import NETWORK_BACKOFF_MAX, SshWorker
+from exq.model.events import Ended, Superseded
+from exq.model.outcome import Outcome
+from exq.model.state import JobStatus
+from exq.store.store import StatePaths, Store, read_state
+from exq.workers.ssh import NETWORK_BACKOFF_MAX, SshWorker
 
 Start = Callable[..., SshHosts]
 JobView = dict[str, Any]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from exq.queue.gpus import GpuInfo, GpuProcess, GpuSnapshot
-from exq.queue.jobspec import Resources
-from exq.queue.placement import Reservation, gpu_loads, place, why_waiting
+from exq.daemon.placement import Reservation, gpu_loads, place, why_waiting
+from exq.gpus import GpuInfo, GpuProcess, GpuSnapshot
+from exq.model.jobspec import Resources
 
 GiB = 1024**3
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import Exq, wait_until
 
-from exq.queue.state import Progress
+from exq.model.state import Progress
 
 # Reports steps 1 and 2 of 3, each time waiting (bounded) for the test to create <go dir>/<step>,
 # then finishes with final metrics. No torch needed: exq.torch never imports it.

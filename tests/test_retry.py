@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from exq.queue.events import Ended, Launched, Reset, Submitted
-from exq.queue.jobspec import FailureRetry, JobSpec, RetryPolicy, TransientRetry
-from exq.queue.ledger import Ledger
-from exq.queue.outcome import Outcome
-from exq.queue.retry import NextStep, next_step
-from exq.queue.state import Attempt, JobStatus, Submission
+from exq.model.events import Ended, Launched, Reset, Submitted
+from exq.model.jobspec import FailureRetry, JobSpec, RetryPolicy, TransientRetry
+from exq.model.ledger import Ledger
+from exq.model.outcome import Outcome
+from exq.model.retry import NextStep, next_step
+from exq.model.state import Attempt, JobStatus, Submission
 
 KEY = "1/j"
 TRANSIENT = "transient error (log matches 'CUDA error: unknown error'); exit code 1: RuntimeError: CUDA error"

@@ -24,11 +24,11 @@ from sshhosts import SshHosts
 
 from exq.config import HostConfig
 from exq.errors import WorkerError
-from exq.queue.gpus.simulated import SimulatedProbe
-from exq.queue.workers import remote
-from exq.queue.workers.base import LaunchRequest, RunRecord
-from exq.queue.workers.local import LocalWorker, read_record
-from exq.queue.workers.ssh import SshWorker
+from exq.gpus.simulated import SimulatedProbe
+from exq.workers import remote
+from exq.workers.base import LaunchRequest, RunRecord
+from exq.workers.local import LocalWorker, read_record
+from exq.workers.ssh import SshWorker
 
 T = TypeVar("T")
 GRACE = 0.5
@@ -71,9 +71,9 @@ def not_private(found: dict[str, int], root: Path, executable: tuple[str, ...] =
 LOCAL_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
-    from exq.queue.gpus.simulated import SimulatedProbe
-    from exq.queue.workers.base import LaunchRequest
-    from exq.queue.workers.local import LocalWorker
+    from exq.gpus.simulated import SimulatedProbe
+    from exq.workers.base import LaunchRequest
+    from exq.workers.local import LocalWorker
 
     async def main(state, work):
         worker = LocalWorker(probe=SimulatedProbe("1x1GiB"), jobs_root=state + "/jobs", cleanup_grace=0.5)

@@ -13,7 +13,7 @@ import psutil
 from conftest import EXQ as EXQ_CMD
 from conftest import Exq, wait_until
 
-from exq.queue.workers.local import group_alive
+from exq.workers.local import group_alive
 
 OOM_SCRIPT = """
 import os, sys, time

@@ -23,15 +23,15 @@ import pytest
 from sshhosts import SshHost, SshHosts
 
 from exq.config import HostConfig
+from exq.daemon.classify import classify
 from exq.errors import WorkerError
-from exq.queue.classify import classify
-from exq.queue.gpus.select import NoGpuProbe
-from exq.queue.outcome import Outcome
-from exq.queue.workers import remote
-from exq.queue.workers.base import LOG_TAIL_BYTES, PEEK_LIMIT, LaunchRequest, RunRecord
-from exq.queue.workers.local import RUNNER_PATH, LaunchRefused, LocalWorker
-from exq.queue.workers.ssh import SshWorker
-from exq.queue.workers.sshconn import HostKeyError, HostUnreachableError
+from exq.gpus.select import NoGpuProbe
+from exq.model.outcome import Outcome
+from exq.ssh.connection import HostKeyError, HostUnreachableError
+from exq.workers import remote
+from exq.workers.base import LOG_TAIL_BYTES, PEEK_LIMIT, LaunchRequest, RunRecord
+from exq.workers.local import RUNNER_PATH, LaunchRefused, LocalWorker
+from exq.workers.ssh import SshWorker
 
 T = TypeVar("T")
 Start = Callable[[list[tuple[str, str]]], SshHosts]

@@ -13,8 +13,8 @@ import asyncssh
 import pytest
 from sshhosts import FOREIGN_PID, SshHosts
 
-from exq.queue.gpus import GpuSnapshot
-from exq.queue.gpus.nvidia_smi import GPU_QUERY, PROBE_COMMAND, parse_probe_output
+from exq.gpus import GpuSnapshot
+from exq.gpus.nvidia_smi import GPU_QUERY, PROBE_COMMAND, parse_probe_output
 
 GiB = 1024**3
 Start = Callable[[list[tuple[str, str]]], SshHosts]

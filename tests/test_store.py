@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from exq.errors import DaemonRunningError, StateError
-from exq.queue import intake
-from exq.queue import store as store_module
-from exq.queue.events import Ended, Launched, Submitted
-from exq.queue.jobspec import JobSpec, SubmissionSpec
-from exq.queue.outcome import Outcome
-from exq.queue.state import Attempt, JobStatus, Submission
-from exq.queue.store import StatePaths, Store, read_state
+from exq.model.events import Ended, Launched, Submitted
+from exq.model.jobspec import JobSpec, SubmissionSpec
+from exq.model.outcome import Outcome
+from exq.model.state import Attempt, JobStatus, Submission
+from exq.store import intake
+from exq.store import store as store_module
+from exq.store.store import StatePaths, Store, read_state
 
 
 def spec(n: int, name: str = "s") -> SubmissionSpec:
@@ -118,7 +118,7 @@ def test_snapshot_plus_journal_tail_gives_current_state(tmp_path: Path) -> None:
 
 
 def test_journal_compaction_keeps_every_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("exq.queue.store.COMPACT_JOURNAL_BYTES", 1000)
+    monkeypatch.setattr("exq.store.store.COMPACT_JOURNAL_BYTES", 1000)
     paths = StatePaths(tmp_path / "st")
     store = Store(paths).open()
     store.commit([submitted("1", 20)])
@@ -186,7 +186,7 @@ def test_reader_never_sees_a_torn_snapshot(tmp_path: Path) -> None:
 def test_reader_is_not_set_back_by_a_compaction_during_its_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("exq.queue.store.COMPACT_JOURNAL_BYTES", 0)
+    monkeypatch.setattr("exq.store.store.COMPACT_JOURNAL_BYTES", 0)
     paths = StatePaths(tmp_path / "st")
     store = Store(paths, min_snapshot_interval=3600).open()
     store.commit([submitted("1", 2)])

@@ -1,4 +1,4 @@
-"""Code sync (exq/queue/workers/sync.py): `excluded` alone, then sync_tree against a real sshd."""
+"""Code sync (exq/ssh/sync.py): `excluded` alone, then sync_tree against a real sshd."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from sshhosts import SshHost, skip_reason, start_hosts
 
 from exq.errors import WorkerError
-from exq.queue.workers.sync import SyncStats, excluded, sync_tree
+from exq.ssh.sync import SyncStats, excluded, sync_tree
 
 EXCLUDE = ["*.pt", "data/", "checkpoints/**", ".git"]
 UNICODE = "with space ünïcode ✓.txt"

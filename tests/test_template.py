@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exq.queue.template import JOB_ID_RE, TemplateError, command_placeholders, placeholders, render_cmd, render_id
+from exq.model.template import JOB_ID_RE, TemplateError, command_placeholders, placeholders, render_cmd, render_id
 
 
 def test_placeholders_in_order_without_duplicates_or_literal_braces() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Exq
 
-from exq.queue.outcome import OOM_EXIT_CODE
+from exq.model.contract import OOM_EXIT_CODE
 from exq.torch import BatchPlan, Reporter, batch_plan, param, params, scaled_batch
 
 # Checked without importing torch here: the import costs seconds and warns (no numpy) under filterwarnings=error.

@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch
 
 import torch  # noqa: E402
 
-from exq.queue.fsio import atomic_write  # noqa: E402
+from exq.store.fsio import atomic_write  # noqa: E402
 from exq.torch import finish  # noqa: E402
 
 CPU_TOTAL = 256 * 1024**2

@@ -1,0 +1,1 @@
+"""The scheduler daemon: its loop and the steps of each turn (placing, limits, probes, hooks, recovery)."""

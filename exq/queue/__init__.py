@@ -1,1 +1,0 @@
-"""The queue: manifests, state, the scheduler and its workers."""

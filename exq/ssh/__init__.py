@@ -1,0 +1,1 @@
+"""SSH: connections with verified host keys, and copying a workdir over SFTP."""
