@@ -29,9 +29,11 @@ ssh: bench/remote_launch.py's one-host run (real sshd on 127.0.0.x, tests/sshhos
   (`prev.ended_at -> next.launched_at` and `-> next.started_at`) against the p50 of one `true` command
   over one open asyncssh connection (`--round-trips` of them).
 scale: exq alone, for each of `--sizes` queued jobs (built through the Store, gpus: 1, not paused,
-  copied fresh each round): `exq status` wall time, restart to first placement (`exq daemon` spawned
-  on 8 simulated GPUs until a `launched` event is in the journal), the daemon's RSS then, and, after
-  the daemon is stopped, `exq submit` of a `--submit-jobs` (10,000) job grid (no daemon).
+  copied fresh each round): `exq status` wall time on the state just copied (its status index names
+  another inode: a full load), restart to first placement (`exq daemon` spawned on 8 simulated GPUs
+  until a `launched` event is in the journal), the daemon's RSS then, `exq status` after the daemon
+  stopped (its last snapshot and status index current, as on a live node), and `exq submit` of a
+  `--submit-jobs` (10,000) job grid (no daemon).
 """
 
 from __future__ import annotations
@@ -512,13 +514,17 @@ def scale_round(ctx: Context, r: int, templates: dict[int, Path], manifest: Path
         shutil.copytree(templates[size] / "state", state)
         env = exq_local_env(ctx.root, state.name, "8x24GiB")
         tag = f"{size:,} queued"
-        for key, label in (("status", "exq status"), ("restart", "restart -> first placement"),
-                           ("rss", "daemon RSS at first placement")):
+        for key, label in (("status", "exq status"), ("cold", "exq status, state just copied (full load)"),
+                           ("restart", "restart -> first placement"), ("rss", "daemon RSS at first placement")):
             ctx.table.row(f"{key}-{size}", f"{label}, {tag} ({'MiB' if key == 'rss' else 's'})")
-        _attempt(ctx, f"status-{size}", f"exq status, {tag} (s)", "exq",
+        # A copied state dir has no current status_index.json (it names the snapshot's inode): a full load.
+        _attempt(ctx, f"cold-{size}", f"exq status, state just copied (full load), {tag} (s)", "exq",
                  lambda env=env: run_exq(["status"], env, args.timeout).seconds)
         _attempt(ctx, f"restart-{size}", f"restart -> first placement, {tag} (s)", "exq",
                  lambda env=env, state=state, size=size: restart(ctx, env, state, size))
+        # The daemon wrote its last snapshot and index as it stopped: what `exq status` reads on a live node.
+        _attempt(ctx, f"status-{size}", f"exq status, {tag} (s)", "exq",
+                 lambda env=env: run_exq(["status"], env, args.timeout).seconds)
         _attempt(ctx, f"submit-{size}", f"exq submit of {args.submit_jobs:,} jobs, {tag} (s)", "exq",
                  lambda env=env: submit(env, manifest, args.timeout))
         shutil.rmtree(state, ignore_errors=True)
