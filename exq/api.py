@@ -262,13 +262,11 @@ def build_workers(paths: StatePaths, config: ExqConfig) -> dict[str, Worker]:
         probe = select_probe(scope=str(paths.root))
         workers[LOCAL] = LocalWorker(name=LOCAL, probe=probe, jobs_root=paths.jobs,
                                      job_env={contract.STATE_DIR: str(paths.root)})
-    remote = config.remote_hosts()
-    if remote:
-        from exq.workers.ssh import SshWorker  # loads asyncssh: only when an SSH host is configured
+    from exq.workers import make_worker  # each kind's module (asyncssh for SSH) loads only when configured
 
-        node_id = node_identity(paths)
-        for name, host in remote.items():
-            workers[name] = SshWorker(name, host, node_id)
+    node_id = node_identity(paths)
+    for name, host in config.remote_hosts().items():
+        workers[name] = make_worker(name, host, node_id)
     return workers
 
 

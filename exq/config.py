@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,7 @@ class HostConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: Bool = True
+    kind: Literal["ssh"] = Field("ssh", description="How exq reaches the host (see exq.workers.WORKER_KINDS).")
     address: Str | None = Field(None, description="Host name, address or ~/.ssh/config alias (default: the name).")
     port: Count | None = None
     user: Str | None = None

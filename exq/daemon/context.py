@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,13 @@ from typing import Any
 from exq.daemon.hosts import HostTracker
 from exq.daemon.placement import DEFAULT_FOREIGN_THRESHOLD, Reservation
 from exq.daemon.probes import Probes
-from exq.model.events import Event
+from exq.model.events import Event, Started
 from exq.model.state import Job, Submission
 from exq.store.store import Store
 from exq.workers import Worker
+
+STARTED_LAG = 0.05
+"""Seconds a Started event alone may wait to be written with the next commit (see `seconds_until_flush`)."""
 
 
 def _default_cpu_slots() -> int:
@@ -69,6 +73,8 @@ class Context:
         self.avoid: dict[str, frozenset[tuple[str, int]]] = {}
         """GPUs (host, index) a job's next attempt avoids: where it last ran out of memory."""
         self.pending: list[Event] = []
+        self.started_since: float | None = None
+        """When the oldest Started event still queued was emitted."""
         self.tasks: set[asyncio.Task[None]] = set()
         self.dirty = True
         """Something changed that may let a job start: the next turn runs a placement pass."""
@@ -78,6 +84,8 @@ class Context:
 
     def emit(self, event: Event) -> None:
         """Queue an event for the next `flush` (one journal fsync for the batch)."""
+        if isinstance(event, Started) and self.started_since is None:
+            self.started_since = time.monotonic()
         self.pending.append(event)
 
     def flush(self) -> None:
@@ -87,16 +95,32 @@ class Context:
         """
         if self.pending:
             self.store.commit(self.pending)
-            self.pending = []
-            self.dirty = True
+            self._written()
 
     def commit(self, events: list[Event]) -> None:
         """Make decisions taken now durable, after the queued events. On WriteError these are dropped: what
         they were decided from (an intake file, a request, the state) is still there to decide again."""
         if self.pending or events:
             self.store.commit([*self.pending, *events])
-            self.pending = []
-            self.dirty = True
+            self._written()
+
+    def seconds_until_flush(self) -> float | None:
+        """When the queued events are due to be written at the end of a turn (None: none are queued).
+
+        Started events alone may wait up to STARTED_LAG for the next commit to carry them: they only
+        record what the attempt's own files record too (its runner's pid and start), so nothing is lost
+        if exq stops first; every other event is due at once.
+        """
+        if not self.pending:
+            return None
+        if self.started_since is None or any(not isinstance(e, Started) for e in self.pending):
+            return 0.0
+        return max(0.0, self.started_since + STARTED_LAG - time.monotonic())
+
+    def _written(self) -> None:
+        self.pending = []
+        self.started_since = None
+        self.dirty = True
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` in the background; the loop cancels what is left when it ends."""

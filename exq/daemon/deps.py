@@ -36,7 +36,8 @@ def block_dependants(ctx: Context) -> None:
     by_reason: dict[str, list[str]] = {}
     for key, reason in blocked.items():
         by_reason.setdefault(reason, []).append(key)
-    ctx.commit([Blocked(at=time.time(), keys=keys, reason=r) for r, keys in by_reason.items()])
+    if by_reason:
+        ctx.commit([Blocked(at=time.time(), keys=keys, reason=r) for r, keys in by_reason.items()])
 
 
 class ReadyJobs:

@@ -66,10 +66,6 @@ class Scheduler:
         self._hooks = HookRuns(store.paths, self.config.hook_timeout, ctx.wake_up)
         self._progress = ProgressReads(self.config.progress_interval, self.config.probe_timeout)
 
-    @property
-    def workers(self) -> dict[str, Worker]:
-        return self.ctx.workers
-
     # -- lifecycle -------------------------------------------------------------------------
 
     def drain(self) -> None:
@@ -120,6 +116,7 @@ class Scheduler:
             self.store.state.daemon = None
             self.store.touch()
             try:
+                ctx.flush()
                 self.store.snapshot(force=True)
             except WriteError as exc:  # the journal holds every event: the next start rebuilds it
                 log.error("final snapshot not written: %s", exc)
@@ -192,7 +189,8 @@ class Scheduler:
             self._placer.place()
         self._progress.start_due(ctx.workers, lambda: running_peeks(ctx))
         ctx.pending.extend(self._hooks.finished())
-        ctx.flush()
+        if ctx.seconds_until_flush() == 0.0:
+            ctx.flush()
         self._hooks.start_due(self.store.state.submissions)  # after the flush: hooks read the durable state
         self.store.snapshot()
 
@@ -202,9 +200,9 @@ class Scheduler:
     async def _sleep(self) -> None:
         assert self.ctx.wake is not None
         timeout = self.config.intake_poll
-        pending = self.store.seconds_until_snapshot()
-        if pending is not None:
-            timeout = min(timeout, pending)
+        for due in (self.store.seconds_until_snapshot(), self.ctx.seconds_until_flush()):
+            if due is not None:
+                timeout = min(timeout, due)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ctx.wake.wait(), timeout=max(0.001, timeout))
         self.ctx.wake.clear()

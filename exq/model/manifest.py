@@ -9,6 +9,7 @@ widths, rendered length, shell quoting of each placeholder).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -394,21 +395,28 @@ class _PhaseBuilder:
         params = {**combo, **self.fixed}
         return render_id(template, params, phase=self.phase.name) if template else self.default_id(combo)
 
+    @functools.cached_property
+    def policies(self) -> tuple[Resources, RetryPolicy, OomScale | None]:
+        """The phase's resources, retry policy and OOM scaling: the same objects for all its jobs."""
+        s = self.settings
+        retry = s.get("retry", {})
+        return (Resources(**{k: s[k] for k in _RESOURCES if k in s}),
+                RetryPolicy(oom=OomRetry(**retry.get("oom", {})),
+                            transient=TransientRetry(**retry.get("transient", {})),
+                            failure=FailureRetry(**retry.get("failure", {})),
+                            lost=FailureRetry(**{"max": 3, **retry.get("lost", {})})),
+                OomScale(**s["on_oom"]["scale"]) if s.get("on_oom") else None)
+
     def job(self, job_id: str, combo: expand.Combo) -> JobSpec:
         params = {**combo, **self.fixed}
         values = {**params, "phase": self.phase.name, "id": job_id}
         s = self.settings
-        retry = s.get("retry", {})
+        resources, retry, oom_scale = self.policies
         return JobSpec(
             id=job_id, phase=self.phase.name, cmd_template=self.phase.cmd, params=params,
             cmd=render_cmd(self.phase.cmd, params, job_id=job_id, phase=self.phase.name),
             workdir=self.ctx.workdir, env=s.get("env", {}), setup=s.get("setup"),
-            resources=Resources(**{k: s[k] for k in _RESOURCES if k in s}),
-            retry=RetryPolicy(oom=OomRetry(**retry.get("oom", {})),
-                              transient=TransientRetry(**retry.get("transient", {})),
-                              failure=FailureRetry(**retry.get("failure", {})),
-                              lost=FailureRetry(**{"max": 3, **retry.get("lost", {})})),
-            oom_scale=OomScale(**s["on_oom"]["scale"]) if s.get("on_oom") else None,
+            resources=resources, retry=retry, oom_scale=oom_scale,
             outputs=[render(glob, values, quote=False) for glob in s.get("outputs", [])],
             priority=s.get("priority", 0),
             hosts=s.get("hosts"),

@@ -42,8 +42,6 @@ class Capabilities:
     on_daemon_host: bool = False
     """Its host is the daemon's own machine: a job that may run there has its wait_for paths checked
     there, and CPU-only jobs go there first."""
-    allocates_gpus: bool = False
-    """It picks GPUs itself (a cluster's scheduler): exq neither probes its GPUs nor picks indices there."""
 
 
 @dataclass(frozen=True)

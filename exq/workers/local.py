@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from exq.workers.base import (
 
 POLL_INTERVAL = 0.2
 """Seconds between checks of an attempt whose runner is not our child."""
+SPAWN_THREADS = 2
+"""Threads that start runners, so that no launch waits for another to fork."""
 REAPED_KEPT = 4096
 """How many reaped runners a worker remembers (the oldest is forgotten first)."""
 CREATE_TIME_SLACK = 2.0
@@ -307,6 +310,7 @@ class LocalWorker:
         """Variables every job on this host gets, over the manifest's (EXQ_STATE_DIR: jobs here reach the queue)."""
         self._children: dict[str, _Child] = {}
         self._reaped: dict[str, int] = {}
+        self._spawner: ThreadPoolExecutor | None = None
         """Runners of this worker seen exiting, by attempt dir, until their attempt is reported."""
 
     def attempt_dir(self, submission: str, job_id: str, number: int) -> str:
@@ -338,8 +342,7 @@ class LocalWorker:
         env = {**os.environ, **added}
         if not request.setup:
             env.pop("EXQ_RUNNER_SETUP", None)
-        _make_dirs(d)
-        child = self._spawn(d, env)
+        child = await self._spawn(d, env)
         try:
             started = await asyncio.wait_for(asyncio.shield(child.started), START_TIMEOUT)
         except TimeoutError:
@@ -426,12 +429,36 @@ class LocalWorker:
             if child.proc.poll() is None:
                 _DETACHED.append(child.proc)
         self._children.clear()
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=True)
+            self._spawner = None
         self._probe.close()
 
-    def _spawn(self, attempt_dir: Path, env: dict[str, str]) -> _Child:
-        """Start the runner in a new session, stdin and stderr on /dev/null and stdout a pipe for its start
-        line, and watch for its exit. (Not posix_spawn, which is cheaper but leaves glibc's internal
+    async def _spawn(self, attempt_dir: Path, env: dict[str, str]) -> _Child:
+        """Create the attempt dir and start its runner in a thread of the worker's own (the daemon's loop
+        goes on meanwhile: a fork waits for the child to exec, which on a busy machine takes a while);
+        then watch the runner's start line and its exit from the loop."""
+        loop = asyncio.get_running_loop()
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="exq-spawn")
+        proc = await loop.run_in_executor(self._spawner, self._start_runner, attempt_dir, env)
+        child = _Child(proc, loop, loop.create_future(), loop.create_future())
+        child.watch_start()
+        self._children[str(attempt_dir)] = child
+        child.exited.add_done_callback(lambda _: self._forget(str(attempt_dir), child))
+        try:
+            child.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits for the runner instead
+            threading.Thread(target=self._reap_in_thread, args=(child,), daemon=True).start()
+        else:
+            loop.add_reader(child.pidfd, child.reap)
+        return child
+
+    def _start_runner(self, attempt_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Create the attempt dir and start the runner in a new session, stdin and stderr on /dev/null and
+        stdout a pipe for its start line. (Not posix_spawn, which is cheaper but leaves glibc's internal
         signals ignored in the job.)"""
+        _make_dirs(attempt_dir)
         sh = "/bin/sh" if os.path.exists("/bin/sh") else "sh"
         try:
             proc = subprocess.Popen(
@@ -450,18 +477,7 @@ class LocalWorker:
                 raise LaunchRefused("the job's command and environment are too large for a process "
                                     f"(E2BIG: {exc.strerror})") from exc
             raise WorkerError(f"cannot start the runner for {attempt_dir}: {exc}") from exc
-        loop = asyncio.get_running_loop()
-        child = _Child(proc, loop, loop.create_future(), loop.create_future())
-        child.watch_start()
-        self._children[str(attempt_dir)] = child
-        child.exited.add_done_callback(lambda _: self._forget(str(attempt_dir), child))
-        try:
-            child.pidfd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits for the runner instead
-            threading.Thread(target=self._reap_in_thread, args=(child,), daemon=True).start()
-        else:
-            loop.add_reader(child.pidfd, child.reap)
-        return child
+        return proc
 
     def _forget(self, key: str, child: _Child) -> None:
         if self._children.get(key) is child:

@@ -422,3 +422,8 @@ class SshWorker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 5)
         self._set_health(False, "closed")
+
+
+def make_worker(name: str, host: HostConfig, node_id: str) -> SshWorker:
+    """The worker of an SSH host (see exq.workers.WORKER_KINDS)."""
+    return SshWorker(name, host, node_id)
