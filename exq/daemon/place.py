@@ -75,23 +75,7 @@ class Placer:
                      Running(ctx.store.ledger.jobs[key] for key in ctx.reservations),
                      sum(1 for r in ctx.reservations.values() if not r.gpus))
         ready = ReadyJobs(ctx, now)
-        launches: list[tuple[Job, Placement, str]] = []
-        for job in ready:
-            if not full and not self._room(turn):
-                break
-            found = self._placement(job, turn)
-            if found is None:
-                continue
-            placement, workdir = found
-            res = job.spec.resources
-            ctx.reservations[job.key] = Reservation(job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
-            launches.append((job, placement, workdir))
-            self._kinds.pop(job.key, None)
-            turn.running.add(job)
-            if placement.gpus:
-                turn.loads = gpu_loads(ctx.probes.snapshots, ctx.reservations.values())
-            else:
-                turn.cpu_jobs += 1
+        launches = self._fill(ready, turn, full)
         if full:  # a full pass never stops early
             self._full_pass_at = now + FULL_PASS
         self.next_ready_at = ready.next_ready_at
@@ -101,6 +85,33 @@ class Placer:
         self._queued_after = len(queued) - len(launches)
         if launches:
             self.launcher.launch(launches, now)
+
+    def _fill(self, ready: ReadyJobs, turn: _Pass, full: bool) -> list[tuple[Job, Placement, str]]:
+        """Reserve a place for each ready job that fits, in order; the launches not started yet. Once no
+        room is left, a partial pass stops, and a full one starts its launches at once and goes on only
+        to note the other jobs' reasons."""
+        launches: list[tuple[Job, Placement, str]] = []
+        for job in ready:
+            if (launches or not full) and not self._room(turn):
+                if not full:
+                    break
+                self.launcher.launch(launches, turn.now)
+                launches = []
+            found = self._placement(job, turn)
+            if found is None:
+                continue
+            placement, workdir = found
+            res = job.spec.resources
+            self.ctx.reservations[job.key] = Reservation(
+                job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
+            launches.append((job, placement, workdir))
+            self._kinds.pop(job.key, None)
+            turn.running.add(job)
+            if placement.gpus:
+                turn.loads = gpu_loads(self.ctx.probes.snapshots, self.ctx.reservations.values())
+            else:
+                turn.cpu_jobs += 1
+        return launches
 
     def _room(self, turn: _Pass) -> bool:
         """Whether one more job could start in this pass: a GPU not taken whole with memory left, or a CPU
