@@ -383,13 +383,18 @@ class Store:
     def _rebuild_snapshot(self, recovered: _Recovered) -> None:
         """Start a new generation: queue_state.json and .old from the recovered state, an empty journal.
 
-        An unreadable queue_state.json is kept for inspection. On a full disk this waits for the next snapshot.
+        When the state came whole from queue_state.json, that is left to the first snapshot (a daemon
+        restarting on a large queue places jobs first): until then queue_state.json and the journal still
+        hold every event. Otherwise it is done now; an unreadable queue_state.json is kept for inspection.
+        On a full disk this waits for the next snapshot.
         """
+        self._dirty = True
+        if recovered.base == self.paths.snapshot and not recovered.problems:
+            return
         if recovered.base != self.paths.snapshot and self.paths.snapshot.exists():
             aside = self.paths.root / f"{SNAPSHOT}.corrupt-{int(time.time())}"
             os.replace(self.paths.snapshot, aside)
             log.warning("kept the unreadable %s as %s", self.paths.snapshot, aside)
-        self._dirty = True
         try:
             self.snapshot(force=True)
         except WriteError as exc:  # written at the next snapshot; the journal and .old keep everything
