@@ -353,14 +353,23 @@ class Context:
 
 def _attempt(ctx: Context, key: str, label: str, tool: str, measure: Callable[[], float]) -> None:
     """One figure of one tool in one round; an error is printed and the cell says `failed`."""
+    _attempt_rows(ctx, [(key, label)], tool, lambda: [measure()])
+
+
+def _attempt_rows(ctx: Context, rows: Sequence[tuple[str, str]], tool: str,
+                  measure: Callable[[], Sequence[float]]) -> None:
+    """The figures of several rows (key, label) one measurement of one tool gives; an error is printed and
+    every cell says `failed`."""
     try:
-        value = measure()
+        values = measure()
     except Exception as exc:
         print(f"    {tool}: failed: {type(exc).__name__}: {str(exc)[-600:]}")
-        ctx.table.note(key, label, tool, "failed")
+        for key, label in rows:
+            ctx.table.note(key, label, tool, "failed")
         return
-    print(f"    {tool}: {label}: {_num(value)}")
-    ctx.table.add(key, label, tool, value)
+    for (key, label), value in zip(rows, values, strict=True):
+        print(f"    {tool}: {label}: {_num(value)}")
+        ctx.table.add(key, label, tool, value)
 
 
 def makespan_round(ctx: Context, r: int) -> None:
@@ -464,25 +473,18 @@ def ssh_part(ctx: Context) -> None:
 
 def ssh_round(ctx: Context, r: int, hosts: Any, workdir: Path, rows: list[tuple[str, str, str]]) -> None:
     args = ctx.args
-    try:
+    labels = [(key, label) for key, label, _ in rows]
+
+    def dispatch() -> list[float]:
         result = run_jobs(f"ssh1-{r}", ctx.root, workdir, args.ssh_jobs, None, hosts, args.timeout)
-        for key, label, field_ in rows:
-            gaps = [n[field_] - p["ended_at"] for p, n in result.pairs]
-            ctx.table.add(key, label, "exq", median(gaps) * 1000)
-            print(f"    exq: {label}: {median(gaps) * 1000:.1f}")
-    except Exception as exc:
-        print(f"    exq: failed: {type(exc).__name__}: {str(exc)[-600:]}")
-        for key, label, _ in rows:
-            ctx.table.note(key, label, "exq", "failed")
-    try:
+        return [median([n[field_] - p["ended_at"] for p, n in result.pairs]) * 1000 for _, _, field_ in rows]
+
+    def round_trip() -> list[float]:
         trips = asyncio.run(_round_trips(hosts["h1"], args.round_trips))["true"]
-        for key, label, _ in rows:
-            ctx.table.add(key, label, "ssh", median(trips) * 1000)
-        print(f"    ssh: one `true` on an open connection, p50 (ms): {median(trips) * 1000:.1f}")
-    except Exception as exc:
-        print(f"    ssh: failed: {type(exc).__name__}: {exc}")
-        for key, label, _ in rows:
-            ctx.table.note(key, label, "ssh", "failed")
+        return [median(trips) * 1000] * len(rows)
+
+    _attempt_rows(ctx, labels, "exq", dispatch)
+    _attempt_rows(ctx, labels, "ssh", round_trip)
 
 
 LAUNCHED = re.compile(rb'"type":\s*"launched"')
