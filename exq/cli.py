@@ -214,11 +214,10 @@ def run(ctx: click.Context, manifest: Path, max_jobs: int | None) -> None:
 
     state = api.serve(paths, until=done, mode="run")
     view = api.StatusView(state, [], False)
-    from exq.views import job_table, phase_table
+    from exq.views import run_summary
 
     mine = [j for j in state.jobs if j.submission == item.id]
-    console().print(phase_table(view))
-    console().print(job_table(mine))
+    console().print(run_summary(view, mine))
     if not done(state):
         err_console().print("exq run: interrupted; running jobs keep running (`exq daemon` re-attaches them)")
         sys.exit(EXIT_JOBS_FAILED)

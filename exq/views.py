@@ -163,6 +163,16 @@ def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:
     return Group(*parts)
 
 
+def run_summary(view: StatusView, jobs: list[Job]) -> Group:
+    """What `exq run` prints at the end: the phases, then its jobs, those that did not succeed first; past
+    LISTED jobs the rest are counted (a table of thousands of rows takes seconds to draw)."""
+    listed = sorted(jobs, key=listing_order)[:LISTED] if len(jobs) > LISTED else jobs
+    parts: list[Table | Text] = [phase_table(view), job_table(listed)]
+    if len(jobs) > LISTED:
+        parts.append(Text(f"... {len(jobs) - LISTED} more jobs (exq status --all)", style="dim"))
+    return Group(*parts)
+
+
 def gpu_table(host: str, snap: GpuSnapshot) -> Table:
     simulated = " (SIMULATED)" if snap.simulated else ""
     table = Table(title=f"{host}: {snap.backend}{simulated}", title_justify="left", caption=snap.message)

@@ -81,3 +81,15 @@ def test_submit_reads_a_manifest_from_stdin(exq: Exq) -> None:
     bad = subprocess.run([*EXQ, "submit", "-", "--stdin-name", "piped.yaml"], input="name: x\ncmd: 3\n", text=True,
                          env=exq.env, capture_output=True, cwd=exq.root, timeout=60)
     assert bad.returncode == 2 and f"{exq.root / 'piped.yaml'}:2:6: cmd:" in bad.stderr
+
+
+def test_run_of_a_large_grid_lists_what_did_not_succeed_first_and_counts_the_rest(exq: Exq) -> None:
+    """`exq run` ends with at most 50 job rows (a table of thousands took seconds to draw): the failed
+    job is among them, the rest are counted."""
+    manifest = exq.manifest("name: wide\ngpus: 0\ngrid: {i: [%s]}\nid: 'w{i}'\ncmd: 'test {i} != 37'\n"
+                            % ", ".join(map(str, range(60))))
+    proc = exq("run", str(manifest), check=False)
+    assert proc.returncode == 1
+    rows = [line for line in proc.stdout.splitlines() if "1/w" in line]
+    assert len(rows) == 50 and "failed" in rows[0] and "w37" in rows[0]
+    assert "... 10 more jobs (exq status --all)" in proc.stdout

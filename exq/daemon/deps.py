@@ -49,11 +49,10 @@ class ReadyJobs:
         self.now = now
         self.next_ready_at: float | None = None
         """When the earliest backoff among the jobs passed so far ends (None: none)."""
-        self._order = sorted(ctx.store.ledger.queued.values(), key=lambda j: (-j.priority, j.order))
 
     def __iter__(self) -> Iterator[Job]:
         jobs = self.ctx.store.ledger.jobs
-        for job in self._order:
+        for job in self.ctx.store.ledger.queued_in_order():
             if job.deps:
                 pending = sum(jobs[job_key(job.submission, d)].status != JobStatus.SUCCEEDED for d in job.deps)
                 if pending:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from exq.model.events import (
     Blocked,
     CancelRequested,
@@ -38,11 +40,28 @@ class Ledger:
             if a.outcome == Outcome.LOST and a.superseded is None}
         """Attempts given up as lost whose host was not checked since (job key, number -> host): a copy
         may still run there, so nothing is placed on that host until it is checked."""
+        self._order: list[Job] = []
+        self._order_head = 0
+        self._order_stale = True
+        """Whether a job joined the queue since `_order` was sorted (leaving it needs no sort)."""
         self._specs = SpecInterner()
         """New jobs of one phase share its phase-wide spec parts (loaded ones: see exq.store.loader)."""
 
     def job(self, key: str) -> Job:
         return self.jobs[key]
+
+    def queued_in_order(self) -> Iterator[Job]:
+        """The queued jobs, highest priority first, then submission order. The order is sorted again only
+        after jobs joined the queue; jobs that left it are passed over, and dropped once at its head."""
+        if self._order_stale:
+            self._order = sorted(self.queued.values(), key=lambda j: (-j.priority, j.order))
+            self._order_head, self._order_stale = 0, False
+        order = self._order
+        while self._order_head < len(order) and order[self._order_head].status != JobStatus.QUEUED:
+            self._order_head += 1
+        for index in range(self._order_head, len(order)):
+            if (job := order[index]).status == JobStatus.QUEUED:
+                yield job
 
     def apply(self, event: Event) -> None:
         """Apply one event (already given its seq) to the state."""
@@ -120,6 +139,7 @@ class Ledger:
             self.state.jobs.append(job)
             self.jobs[job.key] = job
             self.queued[job.key] = job
+        self._order_stale = True
 
     def _ended(self, event: Ended) -> None:
         job = self.jobs[event.key]
@@ -161,6 +181,7 @@ class Ledger:
             self.submissions[job.submission].changes += 1
         job.status = status
         if status == JobStatus.QUEUED:
+            self._order_stale = self._order_stale or job.key not in self.queued
             self.queued[job.key] = job
         else:
             self.queued.pop(job.key, None)
