@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from exq.daemon.context import SchedulerConfig
     from exq.gpus import GpuSnapshot
     from exq.logs import LogSource
-    from exq.model.jobspec import SubmissionSpec
+    from exq.model.after import KnownJob
+    from exq.model.jobspec import Scalar, SubmissionSpec
     from exq.model.manifest import Value, load_manifest, parse_manifest, workdir_note
     from exq.model.state import Job, JobStatus, QueueState, Submission
     from exq.model.summary import StatusIndex
@@ -41,6 +42,7 @@ __all__ = [
     "JobStatus",
     "LogSource",
     "QueueState",
+    "Scalar",
     "SchedulerConfig",
     "StatePaths",
     "StatusView",
@@ -55,12 +57,15 @@ __all__ = [
     "find_job",
     "format_value",
     "forward",
+    "known_jobs",
     "load_config",
     "load_manifest",
+    "manifest_schema",
     "parse_manifest",
     "probe_gpus",
     "probe_hosts",
     "render",
+    "resolve_ref",
     "scheduler_config",
     "serve",
     "split_host",
@@ -80,6 +85,7 @@ _LAZY = {
     "JobStatus": "exq.model.state",
     "LogSource": "exq.logs",
     "QueueState": "exq.model.state",
+    "Scalar": "exq.model.jobspec",
     "SchedulerConfig": "exq.daemon.context",
     "StatePaths": "exq.store.store",
     "Submission": "exq.model.state",
@@ -119,10 +125,47 @@ def state_paths(state_dir: str | Path | None = None) -> StatePaths:
 
 
 def submit(paths: StatePaths, spec: SubmissionSpec) -> Intake:
-    """Make a submission durable; a running daemon picks it up within a fraction of a second."""
+    """Make a submission durable; a running daemon picks it up within a fraction of a second.
+
+    `after` entries naming jobs of other submissions (`SUB/ID`, `label:NAME`) are resolved now, against the
+    queue as it is (NotFoundError when one names no job).
+    """
+    from exq.model.after import external_refs, resolve_external
     from exq.store import intake
 
+    if external_refs(spec):
+        spec = resolve_external(spec, known_jobs(paths))
     return intake.submit(paths, spec)
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema of manifests (for editors: YAML language servers take JSON Schema)."""
+    from exq.model.manifest import ManifestModel
+
+    schema = ManifestModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "exq manifest"
+    return schema
+
+
+def known_jobs(paths: StatePaths) -> list[KnownJob]:
+    """Every job of the queue, and of submissions not ingested yet, in submission order (for `after`)."""
+    from exq.model.after import KnownJob
+
+    view = status(paths)
+    labels = {sub.id: sub.labels for sub in view.state.submissions}
+    found = [KnownJob(job.submission, job.id, [*labels.get(job.submission, []), *job.spec.labels])
+             for job in view.state.jobs]
+    found += [KnownJob(item.id, job.id, [*item.spec.labels, *job.labels])
+              for item in view.pending for job in item.spec.jobs]
+    return found
+
+
+def resolve_ref(paths: StatePaths, ref: str) -> list[str]:
+    """The keys of the jobs an `after` reference names (see exq.model.after); NotFoundError when none."""
+    from exq.model.after import resolve_ref as resolve
+
+    return resolve(ref, known_jobs(paths))
 
 
 class StatusView:

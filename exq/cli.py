@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from exq import __version__, api
+from exq.clikit import JSON_OPTION, console, echo_json, err_console, paths_of
 from exq.errors import (
     DaemonRunningError,
     ExqError,
@@ -29,8 +29,6 @@ from exq.errors import (
 from exq.units import parse_size
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from exq.bridge.compile import Compiled
     from exq.bridge.plan import Selection
 
@@ -42,23 +40,6 @@ EXIT_INTERRUPTED = 130
 DEBUG_ENV = "EXQ_DEBUG"
 """Set to 1 to print the traceback of any error (as `-vv` does)."""
 _Command = TypeVar("_Command", bound=Callable[..., Any])
-
-
-@functools.cache
-def console() -> Console:
-    """stdout's console, made on first use: exq.views loads the state's models, which `exq --version` does not
-    need."""
-    from exq.views import plain_console
-
-    return plain_console()
-
-
-@functools.cache
-def err_console() -> Console:
-    """stderr's console, made on first use (as `console`)."""
-    from exq.views import plain_console
-
-    return plain_console(stderr=True)
 
 
 class _Context:
@@ -131,8 +112,7 @@ def cli(ctx: click.Context, state_dir: Path | None, host: str | None, verbose: i
 
 
 def _paths(ctx: click.Context) -> api.StatePaths:
-    obj: _Context = ctx.obj
-    return obj.paths
+    return paths_of(ctx)
 
 
 MAX_JOBS_OPTION = click.option("--max-jobs", type=click.IntRange(min=1), metavar="N",
@@ -168,8 +148,10 @@ def _print_notes(spec: api.SubmissionSpec) -> None:
 @click.option("--stdin-name", default="manifest.yaml", show_default=True,
               help="With MANIFEST '-' (read from stdin): its file name, for messages and a relative workdir.")
 @MAX_JOBS_OPTION
+@JSON_OPTION
 @click.pass_context
-def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, max_jobs: int | None) -> None:
+def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, max_jobs: int | None,
+           as_json: bool) -> None:
     """Submit MANIFEST ('-' for stdin) to the queue. Returns once the submission is durable."""
     if str(manifest) == "-":
         spec = api.parse_manifest(sys.stdin.read(), str(Path.cwd() / stdin_name), max_jobs=max_jobs)
@@ -181,7 +163,10 @@ def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, m
         return
     paths = _paths(ctx)
     item = api.submit(paths, spec)
-    console().print(f"submitted {len(spec.jobs)} job(s) as submission {item.id} ({spec.name})")
+    if as_json:
+        echo_json({"submission": item.id, "jobs": [f"{item.id}/{job.id}" for job in spec.jobs]})
+    else:
+        console().print(f"submitted {len(spec.jobs)} job(s) as submission {item.id} ({spec.name})")
     _print_notes(spec)
     if not api.daemon_alive(paths):
         err_console().print("note: no exq daemon runs on this state dir; start `exq daemon` to run the jobs")
@@ -246,28 +231,49 @@ def daemon(ctx: click.Context, foreign_threshold: int, probe_interval: float, ho
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON (the queue_state.json schema).")
+@click.argument("submissions", nargs=-1, metavar="[SUB]...")
+@click.option("--phase", "phases", multiple=True, metavar="P", help="Only jobs of phase P (repeatable).")
+@click.option("--status", "statuses", multiple=True, metavar="S",
+              help="Only jobs in status S: queued, running, succeeded, failed, blocked, cancelled or unknown "
+                   "(repeatable).")
+@click.option("--label", "labels", multiple=True, metavar="L",
+              help="Only jobs labelled L, or of a submission labelled L (repeatable).")
+@click.option("--host", "hosts", multiple=True, metavar="H",
+              help="Only jobs whose current attempt is on host H (repeatable).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the whole state as JSON (the queue_state.json schema); with filters, "
+                   '{"jobs": [...]} of the matching jobs.')
 @click.option("--watch", is_flag=True, help="Keep the view live until Ctrl-C.")
 @click.option("--all", "all_jobs", is_flag=True, help="List every job, not only the active and recent ones.")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, watch: bool, all_jobs: bool) -> None:
-    """Show submissions, phases and jobs."""
-    from exq.views import status_renderable
+def status(ctx: click.Context, submissions: tuple[str, ...], phases: tuple[str, ...], statuses: tuple[str, ...],
+           labels: tuple[str, ...], hosts: tuple[str, ...], as_json: bool, watch: bool, all_jobs: bool) -> None:
+    """Show submissions, phases and jobs: of the submissions SUB, when named, and matching every filter given."""
+    from exq.views import JobFilter, status_renderable
 
     paths = _paths(ctx)
+    jobs_filter = JobFilter(submissions, phases, statuses, labels, hosts)
+    if as_json and jobs_filter:
+        jobs = jobs_filter.select(api.status(paths).with_state())
+        sys.stdout.write(json.dumps({"jobs": [job.model_dump(mode="json") for job in jobs]}) + "\n")
+        return
     if as_json:
         sys.stdout.buffer.write(api.state_json(paths) + b"\n")
         return
     if not watch:
-        console().print(status_renderable(api.status(paths), all_jobs))
+        console().print(status_renderable(api.status(paths), all_jobs, jobs_filter))
         return
+    from rich.console import RenderableType
     from rich.live import Live
 
-    with Live(status_renderable(api.status(paths), all_jobs), console=console(), refresh_per_second=2) as live:
+    def view() -> RenderableType:
+        return status_renderable(api.status(paths), all_jobs, jobs_filter, refreshed=time.time())
+
+    with Live(view(), console=console(), refresh_per_second=2) as live:
         try:
             while True:
                 time.sleep(1.0)
-                live.update(status_renderable(api.status(paths), all_jobs))
+                live.update(view())
         except KeyboardInterrupt:
             pass
 
@@ -282,6 +288,8 @@ def logs(ctx: click.Context, job: str, follow: bool, attempt: int | None) -> Non
     """Print the log of JOB (`ID` or `SUBMISSION/ID`). Exit 5 when there is no such job or attempt."""
     paths = _paths(ctx)
     found = api.find_job(api.status(paths).state, job)
+    if follow and (found is None or not found.attempts):
+        found = _wait_for_start(paths, found.key if found else api.resolve_ref(paths, job)[0])
     if found is None:
         raise NotFoundError(f"no job {job!r} in the queue")
     if not found.attempts:
@@ -303,6 +311,17 @@ def logs(ctx: click.Context, job: str, follow: bool, attempt: int | None) -> Non
             time.sleep(0.5)
 
 
+def _wait_for_start(paths: api.StatePaths, key: str) -> api.Job:
+    """Job `key` once it has an attempt, or has ended without one (`logs -f` on a job not started yet, which
+    may still wait for a daemon to take its submission in)."""
+    err_console().print(f"exq logs: {key} has not started; waiting for it to start (Ctrl-C to stop)")
+    while True:
+        job = api.find_job(api.status(paths).state, key)
+        if job is not None and (job.attempts or job.status.finished):
+            return job
+        time.sleep(0.5)
+
+
 def _print_from(source: api.LogSource, offset: int) -> int:
     data = source.read(offset)
     sys.stdout.buffer.write(data)
@@ -310,69 +329,12 @@ def _print_from(source: api.LogSource, offset: int) -> int:
     return offset + len(data)
 
 
-def _control(ctx: click.Context, req: api.ControlRequest) -> None:
-    reply = api.control(_paths(ctx), req)
-    if not reply.ok:
-        raise NotFoundError(reply.message)
-    console().print(reply.message)
-
-
-_SCOPE_OPTIONS = [
-    click.option("--phase", "scope", flag_value="phase", help="TARGETS are phase names."),
-    click.option("--submission", "scope", flag_value="submission", help="TARGETS are submission ids or names."),
-    click.option("--all", "scope", flag_value="all", help="Every job in the queue."),
-]
-
-
-def _scoped(func: click.decorators.FC) -> click.decorators.FC:
-    for option in reversed(_SCOPE_OPTIONS):
-        func = option(func)
-    return func
-
-
 @cli.command()
-@click.argument("targets", nargs=-1)
-@_scoped
-@click.pass_context
-def cancel(ctx: click.Context, targets: tuple[str, ...], scope: str | None) -> None:
-    """Cancel jobs (queued ones at once; running ones are killed: SIGTERM, grace, SIGKILL)."""
-    _require_targets(targets, scope)
-    _control(ctx, api.ControlRequest(op="cancel", targets=list(targets), scope=scope or "job"))
-
-
-@cli.command()
-@click.argument("targets", nargs=-1)
-@_scoped
-@click.pass_context
-def retry(ctx: click.Context, targets: tuple[str, ...], scope: str | None) -> None:
-    """Queue failed, blocked or cancelled jobs again (and the jobs blocked behind them)."""
-    _require_targets(targets, scope)
-    _control(ctx, api.ControlRequest(op="retry", targets=list(targets), scope=scope or "job"))
-
-
-@cli.command()
-@click.pass_context
-def pause(ctx: click.Context) -> None:
-    """Stop placing new jobs; running jobs go on."""
-    _control(ctx, api.ControlRequest(op="pause"))
-
-
-@cli.command()
-@click.pass_context
-def resume(ctx: click.Context) -> None:
-    """Place jobs again after `exq pause`."""
-    _control(ctx, api.ControlRequest(op="resume"))
-
-
-def _require_targets(targets: tuple[str, ...], scope: str | None) -> None:
-    if not targets and scope != "all":
-        raise click.UsageError("name at least one job (or use --phase/--submission with names, or --all)")
-
-
-@cli.command()
-def schema() -> None:
-    """Print the JSON Schema of queue_state.json."""
-    click.echo(json.dumps(api.QueueState.model_json_schema(), indent=2))
+@click.option("--manifest", is_flag=True,
+              help="The schema of manifests instead, for editors to check and complete them.")
+def schema(manifest: bool) -> None:
+    """Print the JSON Schema of queue_state.json (or, with --manifest, of manifests)."""
+    click.echo(json.dumps(api.manifest_schema() if manifest else api.QueueState.model_json_schema(), indent=2))
 
 
 @cli.command()
@@ -601,11 +563,13 @@ def import_aris(spec: Path, output: Path | None) -> None:
 
 def _register() -> None:
     """Commands defined beside the code they drive."""
+    from exq import cli_control, cli_jobs
     from exq.doctor import doctor
+    from exq.report.command import report
     from exq.service import service
 
-    cli.add_command(doctor)
-    cli.add_command(service)
+    for command in (*cli_jobs.COMMANDS, *cli_control.COMMANDS, doctor, service, report):
+        cli.add_command(command)
 
 
 _register()

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from exq.api import HostReport, StatusView
+from exq.errors import NotFoundError, UsageError
 from exq.gpus import GpuSnapshot
 from exq.model.jobspec import SubmissionSpec
 from exq.model.state import Job, JobStatus
@@ -52,8 +54,11 @@ def spec_table(spec: SubmissionSpec, limit: int | None = None) -> Table:
     return table
 
 
-def phase_table(view: StatusView) -> Table:
-    """Progress and counts per submission and phase."""
+def phase_table(view: StatusView, shown: set[tuple[str, str]] | None = None) -> Table:
+    """Progress and counts per submission and phase (of the `shown` (submission, phase) pairs, else all).
+
+    The bar shows succeeded jobs in green, failed and blocked ones in red, cancelled ones dim and the rest
+    (running, queued) as the bar's background: a phase with failures never looks done."""
     table = Table(title=_title(view), title_justify="left")
     table.add_column("submission", no_wrap=True)
     table.add_column("phase", no_wrap=True)
@@ -63,10 +68,12 @@ def phase_table(view: StatusView) -> Table:
     names = {s.id: f"{s.id} {s.name}" for s in index.submissions}
     for group in index.phases:
         sub, phase, counts = group.submission, group.phase, Counter(group.counts)
+        if shown is not None and (sub, phase) not in shown:
+            continue
         total = sum(counts.values())
         done = sum(n for status, n in counts.items() if status.finished)
         progress = Table.grid(padding=(0, 1))
-        progress.add_row(ProgressBar(total=total, completed=done, width=12), f"{done}/{total}")
+        progress.add_row(phase_bar(counts), f"{done}/{total}")
         summary = Text(" ").join(
             Text(f"{counts[s]} {s.value}", style=STATUS_STYLE[s]) for s in _ORDER if counts[s]
         )
@@ -74,14 +81,53 @@ def phase_table(view: StatusView) -> Table:
     return table
 
 
-def job_table(jobs: list[Job], limit: int | None = None) -> Table:
+_BAR_PARTS = (
+    ((JobStatus.SUCCEEDED,), "green"),
+    ((JobStatus.FAILED, JobStatus.BLOCKED), "red"),
+    ((JobStatus.CANCELLED,), "dim"),
+    ((JobStatus.RUNNING, JobStatus.UNKNOWN, JobStatus.QUEUED), "grey23"),
+)
+"""The parts of a phase's bar, left to right, and their styles."""
+
+
+def phase_bar(counts: Counter[JobStatus], width: int = 12) -> Text:
+    """A bar of `width` cells split among the parts of `_BAR_PARTS`; each part with jobs gets a cell at least."""
+    sizes = [sum(counts[s] for s in statuses) for statuses, _ in _BAR_PARTS]
+    bar = Text()
+    for (_, style), cells in zip(_BAR_PARTS, _cells(sizes, width), strict=True):
+        bar.append("\u2501" * cells, style=style)
+    return bar
+
+
+def _cells(sizes: list[int], width: int) -> list[int]:
+    """`width` split in proportion to `sizes` (largest remainders first), each non-zero size one cell at least."""
+    total = sum(sizes)
+    if not total:
+        return [0] * (len(sizes) - 1) + [width]
+    exact = [n * width / total for n in sizes]
+    cells = [max(int(x), 1 if n else 0) for n, x in zip(sizes, exact, strict=True)]
+    while sum(cells) > width:
+        cells[cells.index(max(cells))] -= 1
+    by_remainder = sorted((i for i, n in enumerate(sizes) if n), key=lambda i: cells[i] - exact[i])
+    for i in by_remainder[:max(0, width - sum(cells))]:
+        cells[i] += 1
+    return cells
+
+
+def job_table(rows: list[list[Job]]) -> Table:
+    """One row per entry of `rows`: a job, or (see `collapse`) jobs waiting for the same reason."""
     table = Table(title_justify="left")
     table.add_column("job", no_wrap=True)
     for column in ("status", "try", "where", "time"):
         table.add_column(column, no_wrap=True)
     table.add_column("reason / result", overflow="fold")
     now = time.time()
-    for job in jobs[:limit] if limit else jobs:
+    for row in rows:
+        job = row[0]
+        status = Text(job.status.value, style=STATUS_STYLE[job.status])
+        if len(row) > 1:
+            table.add_row(f"{len(row)} jobs", status, "", "", "", _same_reason(row))
+            continue
         attempt = job.current_attempt
         where = ""
         if attempt is not None:
@@ -89,9 +135,35 @@ def job_table(jobs: list[Job], limit: int | None = None) -> Table:
         elapsed = ""
         if attempt is not None and attempt.started_at:
             elapsed = format_duration((attempt.ended_at or now) - attempt.started_at)
-        table.add_row(job.key, Text(job.status.value, style=STATUS_STYLE[job.status]),
-                      str(len(job.attempts)), where, elapsed, _job_detail(job, now))
+        table.add_row(job.key, status, str(len(job.attempts)), where, elapsed, _job_detail(job, now))
     return table
+
+
+NAMED = 3
+"""The jobs a collapsed row names (the others are counted)."""
+
+
+def collapse(jobs: list[Job]) -> list[list[Job]]:
+    """`jobs` as table rows, in order: queued or blocked jobs with the same status and reason share one row, at
+    the place of the first of them; every other job has a row of its own."""
+    rows: list[list[Job]] = []
+    same: dict[tuple[JobStatus, str], list[Job]] = {}
+    for job in jobs:
+        if job.status not in (JobStatus.QUEUED, JobStatus.BLOCKED) or not job.reason:
+            rows.append([job])
+        elif (key := (job.status, job.reason)) in same:
+            same[key].append(job)
+        else:
+            same[key] = [job]
+            rows.append(same[key])
+    return rows
+
+
+def _same_reason(jobs: list[Job]) -> str:
+    """The shared reason of a collapsed row, then the first NAMED jobs."""
+    names = ", ".join(job.key for job in jobs[:NAMED])
+    more = f" and {len(jobs) - NAMED} more" if len(jobs) > NAMED else ""
+    return f"{jobs[0].reason}; {names}{more}"
 
 
 STALE_REPORT = 300.0
@@ -133,41 +205,161 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def status_renderable(view: StatusView, all_jobs: bool = False) -> Group:
-    """Problems, the phase table, hook failures, pending submissions, then the jobs: every one with
-    `all_jobs`, else the first LISTED active and recent ones (from the status index when it is current)."""
-    listing = None if all_jobs else view.index.listing(time.time())
-    if listing is None:  # every job, or the index cannot tell which recent ones are shown: the whole state
+@dataclass(frozen=True)
+class JobFilter:
+    """The jobs `exq status` lists: those that match every criterion given (any of its values). A label matches
+    the job's labels or its submission's; a host, that of the job's current attempt."""
+
+    submissions: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return any((self.submissions, self.phases, self.statuses, self.labels, self.hosts))
+
+    def select(self, view: StatusView) -> list[Job]:
+        """The matching jobs of the whole state, in its order. Raises UsageError for an unknown status,
+        NotFoundError for a submission or phase that is not in the queue."""
+        statuses = self._statuses()
+        subs = self._submissions(view)
+        self._check_phases(view, subs)
+        return [job for job in view.state.jobs if job.submission in subs and self._matches(job, statuses, subs)]
+
+    def _matches(self, job: Job, statuses: set[JobStatus], subs: dict[str, list[str]]) -> bool:
+        """Whether `job` (of one of `subs`, the labels of each by id) matches the other criteria."""
+        attempt = job.current_attempt
+        labels = [*job.spec.labels, *subs[job.submission]]
+        return ((not self.phases or job.phase in self.phases)
+                and (not statuses or job.status in statuses)
+                and (not self.labels or any(label in self.labels for label in labels))
+                and (not self.hosts or (attempt is not None and attempt.host in self.hosts)))
+
+    def _statuses(self) -> set[JobStatus]:
+        known = {status.value: status for status in JobStatus}
+        for value in self.statuses:
+            if value not in known:
+                raise UsageError(f"--status {value!r}: not a job status (one of {', '.join(known)})")
+        return {known[value] for value in self.statuses}
+
+    def _submissions(self, view: StatusView) -> dict[str, list[str]]:
+        """The labels of each selected submission, by id (submissions not ingested yet included)."""
+        subs = {sub.id: sub.labels for sub in view.state.submissions}
+        subs.update({item.id: item.spec.labels for item in view.pending})
+        for sub in self.submissions:
+            if sub not in subs:
+                raise NotFoundError(f"no submission {sub!r} in the queue")
+        return {sub: subs[sub] for sub in self.submissions} if self.submissions else subs
+
+    def _check_phases(self, view: StatusView, subs: dict[str, list[str]]) -> None:
+        phases = {phase for sub in view.state.submissions if sub.id in subs for phase in sub.phases}
+        phases.update(phase for item in view.pending if item.id in subs for phase in item.spec.phases)
+        where = f"submission {', '.join(self.submissions)}" if self.submissions else "any submission"
+        for phase in self.phases:
+            if phase not in phases:
+                raise NotFoundError(f"no phase {phase!r} in {where}")
+
+
+def status_renderable(view: StatusView, all_jobs: bool = False, jobs_filter: JobFilter | None = None,
+                      refreshed: float | None = None) -> RenderableType:
+    """Problems, the phase table, hook failures, pending submissions, then the jobs.
+
+    Without a filter, the jobs are every one with `all_jobs`, else the first LISTED active and recent ones (from
+    the status index when it is current); with one, those that match (read from the whole state). Unless
+    `all_jobs`, queued or blocked jobs waiting for the same reason share a row, and on a terminal the rows are
+    cut to its height. `refreshed` (a time) is said first, for `--watch`.
+    """
+    if jobs_filter:
         view = view.with_state()
-        if all_jobs:
-            listing = sorted(view.state.jobs, key=listing_order), len(view.state.jobs)
-        else:  # an index made from the state answers at the time it was made
-            listing = view.index.listing(view.index.at) or ([], 0)
-    jobs, count = listing
-    parts: list[Table | Text] = [Text(f"exq: {problem}", style="bold red") for problem in view.problems]
-    parts.append(phase_table(view))
-    parts.extend(
+        matching = sorted(jobs_filter.select(view), key=listing_order)
+        jobs, count = matching if all_jobs else matching[:LISTED], len(matching)
+        shown: set[tuple[str, str]] | None = {(job.submission, job.phase) for job in matching}
+    else:
+        jobs, count = _listing(view, all_jobs)
+        shown = None
+    head: list[RenderableType] = []
+    if refreshed is not None:
+        head.append(Text(f"refreshed {time.strftime('%H:%M:%S', time.localtime(refreshed))}", style="dim"))
+    head.extend(Text(f"exq: {problem}", style="bold red") for problem in view.problems)
+    head.append(phase_table(view, shown))
+    head.extend(
         Text(f"submission {sub.id} ({sub.name}): on_job_end failed: {sub.hook_error}"
              + (f"; log: {view.paths.hook_log(sub.id)}" if view.paths else ""), style="red")
         for sub in view.index.submissions if sub.hook_error
     )
-    parts.extend(
+    head.extend(
         Text(f"submission {item.id} ({item.spec.name}): {len(item.spec.jobs)} jobs waiting for a daemon to take them",
              style="yellow")
         for item in view.pending
     )
-    if jobs:
-        parts.append(job_table(jobs))
-    if not all_jobs and count > LISTED:
-        parts.append(Text(f"... {count - LISTED} more jobs (exq status --all)", style="dim"))
-    return Group(*parts)
+    if jobs_filter and not count:
+        head.append(Text("no job matches", style="dim"))
+    rows = [[job] for job in jobs] if all_jobs else collapse(jobs)
+    return StatusScreen(head, rows, count, fit=not all_jobs)
+
+
+def _listing(view: StatusView, all_jobs: bool) -> tuple[list[Job], int]:
+    """The jobs of the unfiltered view, and how many it shows in all."""
+    listing = None if all_jobs else view.index.listing(time.time())
+    if listing is not None:
+        return listing
+    view = view.with_state()  # every job, or the index cannot tell which recent ones are shown: the whole state
+    if all_jobs:
+        return sorted(view.state.jobs, key=listing_order), len(view.state.jobs)
+    return view.index.listing(view.index.at) or ([], 0)  # an index made from the state answers at its time
+
+
+WIDE = 1 << 16
+"""The width a view is drawn at when not on a terminal: as wide as its content, so nothing is wrapped."""
+
+
+class StatusScreen:
+    """The status view: `head`, then a table of job `rows`, then how many of the `count` jobs it does not show.
+
+    On a terminal, with `fit`, the rows are cut to what fits its height (one line left for the prompt, or for
+    `--watch`'s cursor). Elsewhere (piped) it is drawn as wide as its content: no line is wrapped."""
+
+    def __init__(self, head: list[RenderableType], rows: list[list[Job]], count: int, fit: bool) -> None:
+        self.head, self.rows, self.count, self.fit = head, rows, count, fit
+
+    def parts(self, shown: int) -> Group:
+        """The view with the first `shown` rows."""
+        parts = list(self.head)
+        if shown:
+            parts.append(job_table(self.rows[:shown]))
+        hidden = self.count - sum(len(row) for row in self.rows[:shown])
+        if hidden > 0:
+            parts.append(Text(f"... {hidden} more jobs (exq status --all)", style="dim"))
+        return Group(*parts)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if not options.is_terminal:
+            yield from console.render(self.parts(len(self.rows)), options.update(max_width=WIDE))
+            return
+        if not self.fit:
+            yield self.parts(len(self.rows))
+            return
+        options = options.update(height=None)
+        budget = options.size.height - 1
+        lines = console.render_lines(self.parts(0), options, pad=False, new_lines=True)
+        low, high = 1, len(self.rows)
+        while low <= high:  # the most rows that fit: the height grows with the rows
+            middle = (low + high) // 2
+            candidate = console.render_lines(self.parts(middle), options, pad=False, new_lines=True)
+            if len(candidate) <= budget:
+                lines, low = candidate, middle + 1
+            else:
+                high = middle - 1
+        for line in lines:
+            yield from line
 
 
 def run_summary(view: StatusView, jobs: list[Job]) -> Group:
     """What `exq run` prints at the end: the phases, then its jobs, those that did not succeed first; past
     LISTED jobs the rest are counted (a table of thousands of rows takes seconds to draw)."""
     listed = sorted(jobs, key=listing_order)[:LISTED] if len(jobs) > LISTED else jobs
-    parts: list[Table | Text] = [phase_table(view), job_table(listed)]
+    parts: list[Table | Text] = [phase_table(view), job_table([[job] for job in listed])]
     if len(jobs) > LISTED:
         parts.append(Text(f"... {len(jobs) - LISTED} more jobs (exq status --all)", style="dim"))
     return Group(*parts)

@@ -86,8 +86,8 @@ def test_submit_reads_a_manifest_from_stdin(exq: Exq) -> None:
 def test_run_of_a_large_grid_lists_what_did_not_succeed_first_and_counts_the_rest(exq: Exq) -> None:
     """`exq run` ends with at most 50 job rows (a table of thousands took seconds to draw): the failed
     job is among them, the rest are counted."""
-    manifest = exq.manifest("name: wide\ngpus: 0\ngrid: {i: [%s]}\nid: 'w{i}'\ncmd: 'test {i} != 37'\n"
-                            % ", ".join(map(str, range(60))))
+    values = ", ".join(map(str, range(60)))
+    manifest = exq.manifest(f"name: wide\ngpus: 0\ngrid: {{i: [{values}]}}\nid: 'w{{i}}'\ncmd: 'test {{i}} != 37'\n")
     proc = exq("run", str(manifest), check=False)
     assert proc.returncode == 1
     rows = [line for line in proc.stdout.splitlines() if "1/w" in line]

@@ -326,7 +326,8 @@ def test_unknown_field_suggests_the_close_one(src: str) -> None:
     p = one(src, text)
     assert (p.field, p.line, p.column) == ("defaults.gpu", line(text, "gpu: 2"), 3)
     assert p.message.startswith("unknown field 'gpu' (did you mean 'gpus'?); expected one of ")
-    assert "gpu_memory, gpus, hosts, on_oom, outputs, params, priority, retry, setup, share, timeout" in p.message
+    assert ("gpu_memory, gpus, hosts, labels, on_oom, outputs, params, priority, retry, setup, share, timeout"
+            in p.message)
 
 
 def test_missing_required_fields_point_at_the_mapping(src: str) -> None:

@@ -203,7 +203,11 @@ def test_laptop_submits_and_reads_status_through_sshd(exq: Exq, ssh_hosts: Start
                             name="laptop.yaml")
     submitted = on_laptop("submit", str(manifest))
     assert submitted.returncode == 0 and "submitted 1 job(s) as submission 1" in submitted.stdout
-    wait_until(lambda: json.loads(on_laptop("status", "--json").stdout)["jobs"][0]["status"] == "succeeded", 60, 0.5)
+    def succeeded() -> bool:
+        jobs = json.loads(on_laptop("status", "--json").stdout)["jobs"]  # empty until the daemon takes it in
+        return bool(jobs) and jobs[0]["status"] == "succeeded"
+
+    wait_until(succeeded, 60, 0.5)
     assert on_laptop("logs", "hello").stdout.startswith("hello from ")
     assert not (exq.root / "laptop-state").exists()  # nothing was written on the laptop side
     bad = exq.manifest("name: remote\ngpus: many\ncmd: 'true'\n", name="bad.yaml")

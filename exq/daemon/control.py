@@ -1,16 +1,19 @@
-"""Turn control requests (cancel, retry, pause, resume) into journal events."""
+"""Turn control requests (cancel, retry, restart, hold, release, priority, pause, resume) into journal events."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exq.errors import NotFoundError
-from exq.model.events import CancelRequested, Event, PausedSet, Reset
+from exq.errors import ExqError, NotFoundError
+from exq.model.events import CancelRequested, Event, HoldSet, PausedSet, PrioritySet, Reset
+from exq.model.jobspec import Scalar
 from exq.model.ledger import Ledger
-from exq.model.state import Job, JobStatus
+from exq.model.state import Job, JobStatus, dep_key
+from exq.model.template import TemplateError, render_cmd
 from exq.store.intake import ControlRequest
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.CANCELLED)
+RESTARTABLE = (JobStatus.SUCCEEDED, *RETRYABLE)
 
 
 @dataclass
@@ -29,7 +32,9 @@ def resolve_jobs(ledger: Ledger, req: ControlRequest) -> list[Job]:
         return list(jobs)
     found: list[Job] = []
     for target in req.targets:
-        if req.scope == "submission":
+        if req.scope == "label":
+            matched = [j for j in jobs if target in j.spec.labels]
+        elif req.scope == "submission":
             matched = [j for j in jobs if j.submission == target]
             if not matched:
                 named = [s.id for s in ledger.state.submissions if s.name == target]
@@ -61,17 +66,56 @@ def plan(ledger: Ledger, req: ControlRequest, now: float) -> ControlPlan:
         paused = req.op == "pause"
         word = "paused: no new jobs will be placed" if paused else "resumed"
         return ControlPlan([PausedSet(at=now, paused=paused)], message=word)
-    jobs = resolve_jobs(ledger, req)
+    jobs = list({j.key: j for j in resolve_jobs(ledger, req)}.values())
     if req.op == "cancel":
         targets = [j for j in jobs if not j.status.finished and not j.cancel_requested]
         keys = [j.key for j in targets]
         events: list[Event] = [CancelRequested(at=now, keys=keys)] if keys else []
         running = [j.key for j in targets if j.status == JobStatus.RUNNING]
         return ControlPlan(events, running, f"cancelled {len(keys)} job(s)", keys)
+    if req.op in ("hold", "release"):
+        held = req.op == "hold"
+        keys = [j.key for j in jobs if j.held != held and not j.status.finished and j.status != JobStatus.RUNNING]
+        word = "held" if held else "released"
+        return ControlPlan([HoldSet(at=now, keys=keys, held=held)] if keys else [], [],
+                           f"{word} {len(keys)} job(s)" + _skipped(len(jobs) - len(keys)), keys)
+    if req.op == "priority":
+        if req.priority is None:
+            raise ExqError("priority: no priority given")
+        keys = [j.key for j in jobs if j.priority != req.priority and not j.status.finished]
+        return ControlPlan([PrioritySet(at=now, keys=keys, priority=req.priority)] if keys else [], [],
+                           f"set priority {req.priority} on {len(keys)} job(s)", keys)
+    if req.op == "restart":
+        return _restart(ledger, jobs, req, now)
     targets = [j for j in jobs if j.status in RETRYABLE]
     keys = _with_blocked_dependants(ledger, [j.key for j in targets])
     events = [Reset(at=now, keys=keys)] if keys else []
     return ControlPlan(events, [], f"queued {len(keys)} job(s) again", keys)
+
+
+def _skipped(count: int) -> str:
+    return f" ({count} running or ended: left as they are)" if count else ""
+
+
+def _restart(ledger: Ledger, jobs: list[Job], req: ControlRequest, now: float) -> ControlPlan:
+    """Ended jobs queued again (their attempts kept), with `req.params` set over their original params."""
+    targets = [j for j in jobs if j.status in RESTARTABLE]
+    params: dict[str, dict[str, Scalar]] = {}
+    cmds: dict[str, str] = {}
+    if req.params:
+        for job in targets:
+            unknown = sorted(set(req.params) - set(job.spec.params))
+            if unknown:
+                raise ExqError(f"job {job.key} has no param {unknown[0]!r}; its params: "
+                               f"{', '.join(job.spec.params) or '(none)'}")
+            params[job.key] = {**job.spec.params, **req.params}
+            try:
+                cmds[job.key] = render_cmd(job.spec.cmd_template, params[job.key], job_id=job.id, phase=job.phase)
+            except TemplateError as exc:
+                raise ExqError(f"job {job.key}: {exc}") from None
+    keys = _with_blocked_dependants(ledger, [j.key for j in targets])
+    events: list[Event] = [Reset(at=now, keys=keys, params=params, cmds=cmds)] if keys else []
+    return ControlPlan(events, [], f"restarted {len(keys)} job(s)" + _skipped(len(jobs) - len(targets)), keys)
 
 
 def _with_blocked_dependants(ledger: Ledger, keys: list[str]) -> list[str]:
@@ -84,7 +128,7 @@ def _with_blocked_dependants(ledger: Ledger, keys: list[str]) -> list[str]:
         for job in ledger.state.jobs:
             if job.key in chosen or job.status != JobStatus.BLOCKED:
                 continue
-            if any(f"{job.submission}/{dep}" in chosen for dep in job.deps):
+            if any(dep_key(job.submission, dep) in chosen for dep in job.deps):
                 result.append(job.key)
                 chosen.add(job.key)
                 changed = True

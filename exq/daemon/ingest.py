@@ -46,7 +46,8 @@ def intake_submission(item: intake.Intake) -> Submission:
     spec = item.spec
     return Submission(id=item.id, key=item.key, name=spec.name, source=spec.source, submitted_at=item.submitted_at,
                       phases=list(spec.phases), jobs=len(spec.jobs), on_job_end=spec.on_job_end,
-                      max_parallel=spec.max_parallel, phase_max_parallel=dict(spec.phase_max_parallel))
+                      max_parallel=spec.max_parallel, phase_max_parallel=dict(spec.phase_max_parallel),
+                      labels=list(spec.labels))
 
 
 def apply_requests(ctx: Context, kill: Callable[[str], None]) -> None:

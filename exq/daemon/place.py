@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from exq.daemon.codesync import WorkdirCopies
 from exq.daemon.context import Context
-from exq.daemon.deps import ReadyJobs
+from exq.daemon.deps import PAUSED, ReadyJobs
 from exq.daemon.launch import Launcher
 from exq.daemon.limits import Running
 from exq.daemon.placement import GpuLoad, Placement, Reservation, gpu_loads, place, why_waiting
@@ -66,6 +66,10 @@ class Placer:
         ctx.dirty = False
         queued = ctx.store.ledger.queued
         if not queued:
+            return
+        if ctx.store.state.paused:
+            for job in queued.values():
+                ctx.note(job, PAUSED)
             return
         full = now >= self._full_pass_at or len(queued) > self._queued_after
         if full:

@@ -185,7 +185,7 @@ class Scheduler:
         self._launcher.check_timeouts()
         self._hostwatch.check_lost_hosts()
         await settle(ctx, self._hostwatch.collect_probes)
-        if not self.store.state.paused and not self._draining:
+        if not self._draining:
             self._placer.place()
         self._progress.start_due(ctx.workers, lambda: running_peeks(ctx))
         ctx.pending.extend(self._hooks.finished())

@@ -79,10 +79,29 @@ class CancelRequested(_Event):
 
 
 class Reset(_Event):
-    """`exq retry`: failed, blocked or cancelled jobs are queued again with their original params."""
+    """`exq retry` and `exq restart`: ended jobs are queued again, with their original params unless
+    `params` gives a job's new ones (and `cmds` its command rendered with them). Attempts are kept."""
 
     type: Literal["reset"] = "reset"
     keys: list[str]
+    params: dict[str, dict[str, Scalar]] = Field(default_factory=dict)
+    cmds: dict[str, str] = Field(default_factory=dict)
+
+
+class HoldSet(_Event):
+    """`exq hold` / `exq release`: held jobs stay queued and are not placed."""
+
+    type: Literal["hold"] = "hold"
+    keys: list[str]
+    held: bool
+
+
+class PrioritySet(_Event):
+    """`exq priority`: these jobs are placed by this priority from now on."""
+
+    type: Literal["priority"] = "priority"
+    keys: list[str]
+    priority: int
 
 
 class HostDown(_Event):
@@ -130,7 +149,7 @@ class HookRan(_Event):
 
 Event = Annotated[
     Submitted | Launched | Started | Ended | Blocked | CancelRequested | Reset | HostDown | HostUp | PausedSet
-    | HookRan | Superseded,
+    | HookRan | Superseded | HoldSet | PrioritySet,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -156,6 +156,15 @@ class PhaseJobs:
     """(job id, params) of each job."""
 
 
+LABEL_PREFIX = "label:"
+"""An `after` entry `label:NAME` waits for every job in the queue with label NAME (found at submission)."""
+
+
+def is_external(name: str) -> bool:
+    """Whether an `after` entry names jobs of other submissions: `SUB/ID`, or `label:NAME`."""
+    return "/" in name or name.startswith(LABEL_PREFIX)
+
+
 def _job_phases(phases: Sequence[PhaseJobs]) -> dict[str, str]:
     """Job id -> the name of its phase, for `after` entries that name a job rather than a phase."""
     return {job_id: phase.name for phase in phases for job_id, _ in phase.jobs}
@@ -174,9 +183,10 @@ def check_graph(phases: Sequence[PhaseJobs], problems: Problems) -> bool:
     ok = True
     for phase in phases:
         for i, name in enumerate(phase.after):
-            if name not in names and name not in owners:
+            if name not in names and name not in owners and not is_external(name):
                 problems.add((*phase.path, "after", i), f"unknown phase {name!r}; phases: {', '.join(sorted(names))} "
-                                                        "(job ids of this submission are accepted too)")
+                                                        "(job ids of this submission are accepted too, SUB/ID for "
+                                                        "a job of another submission, label:NAME for labelled jobs)")
                 ok = False
     return not _report_cycles(phases, owners, problems) and ok
 

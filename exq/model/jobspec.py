@@ -113,6 +113,7 @@ class JobSpec(_Frozen):
         default_factory=list, description="Globs, relative to workdir, each matching something before launch.")
     foreign_threshold: int | None = Field(
         None, gt=0, description="Foreign memory (bytes) at which a GPU counts as taken (default: the daemon's).")
+    labels: list[str] = Field(default_factory=list, description="Labels to find the job by (its submission's too).")
 
 
 class Hook(_Frozen):
@@ -134,3 +135,4 @@ class SubmissionSpec(_Frozen):
     max_parallel: int | None = Field(None, ge=1, description="At most this many of its jobs running at once.")
     phase_max_parallel: dict[str, int] = Field(
         default_factory=dict, description="Per phase name: at most this many of its jobs running at once.")
+    labels: list[str] = Field(default_factory=list, description="Labels of the whole submission.")

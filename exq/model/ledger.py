@@ -9,11 +9,13 @@ from exq.model.events import (
     CancelRequested,
     Ended,
     Event,
+    HoldSet,
     HookRan,
     HostDown,
     HostUp,
     Launched,
     PausedSet,
+    PrioritySet,
     Reset,
     Started,
     Submitted,
@@ -82,11 +84,11 @@ class Ledger:
             case CancelRequested():
                 self._cancel_requested(event)
             case Reset():
-                self._reset(event.keys)
+                self._reset(event)
+            case HoldSet() | PrioritySet() | PausedSet():
+                self._set_control(event)
             case HostDown() | HostUp():
                 self._host_changed(event)
-            case PausedSet():
-                self.state.paused = event.paused
             case HookRan():
                 sub = self.submissions[event.submission]
                 sub.hook_covered, sub.hook_error = event.covered, None if event.ok else event.error
@@ -186,13 +188,26 @@ class Ledger:
         else:
             self.queued.pop(job.key, None)
 
-    def _reset(self, keys: list[str]) -> None:
-        for job in (self.jobs[key] for key in keys):
+    def _set_control(self, event: HoldSet | PrioritySet | PausedSet) -> None:
+        """A pause or resume of the queue, or a hold, release or priority change of some jobs."""
+        if isinstance(event, PausedSet):
+            self.state.paused = event.paused
+            return
+        for job in (self.jobs[key] for key in event.keys):
+            if isinstance(event, HoldSet):
+                job.held = event.held
+            else:
+                job.priority = event.priority
+        self._order_stale = self._order_stale or isinstance(event, PrioritySet)
+
+    def _reset(self, event: Reset) -> None:
+        for job in (self.jobs[key] for key in event.keys):
             self._set_status(job, JobStatus.QUEUED)
             job.reason, job.not_before, job.finished_at = None, None, None
             job.oom_retries = job.transient_retries = job.failure_retries = job.lost_retries = 0
             job.cancel_requested = False
-            job.params, job.cmd = dict(job.spec.params), job.spec.cmd
+            job.params = dict(event.params.get(job.key, job.spec.params))
+            job.cmd = event.cmds.get(job.key, job.spec.cmd)
 
     def _superseded(self, event: Superseded) -> None:
         """Record what became of an attempt given up as lost; its job is left as it is."""

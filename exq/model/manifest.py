@@ -89,13 +89,15 @@ def _equal_lengths(group: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
     return group
 
 
-Value = Annotated[Scalar, leaf("a string, number or boolean", lambda v: isinstance(v, str | int | float))]
+Value = Annotated[Scalar, leaf("a string, number or boolean", lambda v: isinstance(v, str | int | float),
+                              accepts=Scalar)]
 EnvValue = Annotated[str, leaf("a string, number or boolean",
-                                lambda v: isinstance(v, str | int | float), _text)]
-Values = Annotated[list[Value], BeforeValidator(_non_empty_list)]
+                                lambda v: isinstance(v, str | int | float), _text, accepts=Scalar)]
+Values = Annotated[list[Value], BeforeValidator(_non_empty_list, json_schema_input_type=list[Scalar] | Scalar)]
 ZipGroup = Annotated[dict[Str, Values], AfterValidator(_equal_lengths)]
-Names = Annotated[list[Str], BeforeValidator(_one_or_list)]
-Command = Annotated[str, leaf("a shell command (a non-empty string)", lambda v: isinstance(v, str) and bool(v.strip()))]
+Names = Annotated[list[Str], BeforeValidator(_one_or_list, json_schema_input_type=list[str] | str)]
+Command = Annotated[str, leaf("a shell command (a non-empty string)", lambda v: isinstance(v, str) and bool(v.strip()),
+                              accepts=Annotated[str, Field(min_length=1)])]
 
 
 def _gpu_indices(value: list[int]) -> list[int]:
@@ -113,7 +115,8 @@ def _positive_size(value: int) -> int:
     return value
 
 
-PositiveInt = Annotated[int, leaf("an integer >= 1", lambda v: is_int(v) and v >= 1)]
+PositiveInt = Annotated[int, leaf("an integer >= 1", lambda v: is_int(v) and v >= 1,
+                                 accepts=Annotated[int, Field(ge=1)])]
 GpuIndices = Annotated[list[Count], AfterValidator(_gpu_indices)]
 PositiveSize = Annotated[int, units(parse_size), AfterValidator(_positive_size)]
 
@@ -177,6 +180,7 @@ class SettingsModel(_Model):
     devices: dict[Name, GpuIndices] = {}
     wait_for: Names = []
     foreign_threshold: PositiveSize | None = None
+    labels: Names = []
 
 
 class GridModel(_Model):
@@ -234,11 +238,12 @@ class ManifestModel(JobsModel):
     defaults: SettingsModel = SettingsModel()
     phases: list[PhaseModel] | None = None
     cmd: Str | None = None
+    after: Names = []
     on_job_end: Command | None = None
 
 
 _SETTINGS = set(SettingsModel.model_fields)
-_TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup", "on_job_end", "max_parallel"}
+_TOP_ONLY = {"name", "workdir", "sync", "defaults", "phases", "env", "setup", "on_job_end", "max_parallel", "labels"}
 _REPLACED = {"on_oom", "devices"}
 """Mapping settings a phase replaces whole rather than merging into the defaults'."""
 _RESOURCES = ("gpus", "gpu_memory", "share", "timeout")
@@ -267,7 +272,7 @@ def _phases(model: ManifestModel, problems: Problems) -> list[_Phase]:
             problems.add(("cmd",), "missing required field 'phases' (or 'cmd' for a single-phase manifest)",
                          parent=True)
             return []
-        return [_Phase(model.name, (), model, model.cmd, [], [])]
+        return [_Phase(model.name, (), model, model.cmd, list(model.after), [])]
     for field in sorted(model.model_fields_set - _TOP_ONLY):
         problems.add((field,), f"a top-level {field!r} is only allowed without 'phases'; "
                                "put it in a phase (or, for settings, in 'defaults')", key=True)
@@ -396,6 +401,11 @@ class _PhaseBuilder:
         return render_id(template, params, phase=self.phase.name) if template else self.default_id(combo)
 
     @functools.cached_property
+    def labels(self) -> list[str]:
+        """The submission's labels, then the phase's own (from `defaults` or the phase), each once."""
+        return list(dict.fromkeys([*self.ctx.model.labels, *self.settings.get("labels", [])]))
+
+    @functools.cached_property
     def policies(self) -> tuple[Resources, RetryPolicy, OomScale | None]:
         """The phase's resources, retry policy and OOM scaling: the same objects for all its jobs."""
         s = self.settings
@@ -424,6 +434,7 @@ class _PhaseBuilder:
             devices=s.get("devices", {}),
             wait_for=[render(glob, values, quote=False) for glob in s.get("wait_for", [])],
             foreign_threshold=s.get("foreign_threshold"),
+            labels=self.labels,
         )
 
     def check_scale(self, jobs: list[JobSpec]) -> None:
@@ -520,7 +531,8 @@ def _expand(model: ManifestModel, source: str, problems: Problems, max_jobs: int
     # A single phase's top-level max_parallel is the submission's; only `phases` entries have their own.
     limits = {p.name: p.model.max_parallel for p in phases if p.model is not model and p.model.max_parallel}
     return SubmissionSpec(name=model.name, source=source, phases=[p.name for p in phases], jobs=jobs,
-                          on_job_end=hook, max_parallel=model.max_parallel, phase_max_parallel=limits)
+                          on_job_end=hook, max_parallel=model.max_parallel, phase_max_parallel=limits,
+                          labels=list(model.labels))
 
 
 # ---------------------------------------------------------------- entry points

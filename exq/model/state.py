@@ -124,6 +124,7 @@ class Job(_Model):
     lost_retries: int = 0
     not_before: float | None = Field(None, description="Retry backoff: not placed before this time.")
     cancel_requested: bool = Field(False, description="Cancel asked while running; the attempt is being killed.")
+    held: bool = Field(False, description="`exq hold`: stays queued, not placed, until `exq release`.")
     reason: str | None = Field(None, description="Why the job failed, is blocked, or is waiting.")
     log: str | None = Field(None, description="Log file of the latest attempt.")
     result: dict[str, Any] | None = Field(None, description="JSON the job wrote to EXQ_RESULT_FILE.")
@@ -146,6 +147,11 @@ def job_key(submission: str, job_id: str) -> str:
     return f"{submission}/{job_id}"
 
 
+def dep_key(submission: str, dep: str) -> str:
+    """The key of upstream job `dep` of a job of `submission`: an id of the same submission, or a key."""
+    return dep if "/" in dep else job_key(submission, dep)
+
+
 class Submission(_Model):
     id: str
     key: str | None = Field(None, description="Unique key `exq submit` gave it: it is ingested once, whatever happens.")
@@ -161,6 +167,7 @@ class Submission(_Model):
     max_parallel: int | None = Field(None, description="At most this many of its jobs running at once (null: any).")
     phase_max_parallel: dict[str, int] = Field(
         default_factory=dict, description="Per phase name: at most this many of its jobs running at once.")
+    labels: list[str] = Field(default_factory=list, description="Labels of the whole submission.")
 
 
 class GpuView(_Model):

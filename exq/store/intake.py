@@ -23,7 +23,7 @@ from typing import Literal
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from exq.model.jobspec import SubmissionSpec
+from exq.model.jobspec import Scalar, SubmissionSpec
 from exq.store.fsio import PRIVATE_FILE, atomic_write
 from exq.store.store import COUNTER_FILE, StatePaths, read_state
 
@@ -41,14 +41,17 @@ class Intake(BaseModel):
 
 
 class ControlRequest(BaseModel):
-    """A cancel/retry/pause/resume request. `targets` name jobs (`ID` or `SUB/ID`), phases or submissions."""
+    """A request to change jobs or the queue. `targets` name jobs (`ID` or `SUB/ID`), phases, submissions
+    or labels (`scope`)."""
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(default_factory=lambda: f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}")
-    op: Literal["cancel", "retry", "pause", "resume"]
+    op: Literal["cancel", "retry", "pause", "resume", "hold", "release", "priority", "restart"]
     targets: list[str] = Field(default_factory=list)
-    scope: Literal["job", "phase", "submission", "all"] = "job"
+    scope: Literal["job", "phase", "submission", "label", "all"] = "job"
     submission: str | None = Field(None, description="Restrict phase targets to this submission.")
+    priority: int | None = Field(None, description="op priority: the jobs' new priority.")
+    params: dict[str, Scalar] = Field(default_factory=dict, description="op restart: params set for the new run.")
 
 
 class ControlReply(BaseModel):
