@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from exq.model.summary import StatusIndex
     from exq.model.template import JOB_ID_RE, TemplateError, format_value, render
     from exq.ssh.connection import FailureKind
+    from exq.store.archive import ArchivedSubmission
     from exq.store.fsio import atomic_write
     from exq.store.intake import ControlReply, ControlRequest, Intake
     from exq.store.store import StatePaths
@@ -50,11 +51,13 @@ __all__ = [
     "SubmissionSpec",
     "TemplateError",
     "Value",
+    "archived",
     "atomic_write",
     "build_workers",
     "control",
     "daemon_alive",
     "find_job",
+    "fit_problems",
     "format_value",
     "forward",
     "known_jobs",
@@ -136,6 +139,25 @@ def submit(paths: StatePaths, spec: SubmissionSpec) -> Intake:
     if external_refs(spec):
         spec = resolve_external(spec, known_jobs(paths))
     return intake.submit(paths, spec)
+
+
+def fit_problems(paths: StatePaths, spec: SubmissionSpec) -> list[str]:
+    """Phases of `spec` whose jobs no host could ever run, per the GPUs the daemon last saw on each host (or,
+    before any daemon ran, this machine's probe); hosts whose GPUs are not known yet are given the benefit
+    of the doubt."""
+    from exq.config import LOCAL
+    from exq.model.fit import fit_problems as problems
+
+    hosts: dict[str, list[tuple[int, int]]] = {}
+    index = status(paths).index if paths.snapshot.exists() else None
+    if index is not None and index.hosts:
+        for gpu in index.gpus:
+            hosts.setdefault(gpu.host, []).append((gpu.index, gpu.memory_total))
+        hosts.update({h.name: [] for h in index.hosts if h.backend == "none" and h.name not in hosts})
+    else:
+        snap = probe_gpus(paths)
+        hosts[LOCAL] = [(gpu.index, gpu.memory_total) for gpu in snap.gpus]
+    return problems(spec, hosts)
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -254,6 +276,14 @@ def state_json(paths: StatePaths) -> bytes:
     from exq.store.store import current_snapshot, read_state
 
     return current_snapshot(paths) or read_state(paths).model_dump_json().encode()
+
+
+def archived(paths: StatePaths) -> list[ArchivedSubmission]:
+    """The submissions `exq clean` archived, oldest first, with their jobs (from archive.jsonl)."""
+    from exq.store.archive import read_archive
+    from exq.store.store import read_state
+
+    return read_archive(paths, read_state(paths).archived)
 
 
 def find_job(state: QueueState, ref: str) -> Job | None:

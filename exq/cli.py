@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from exq import __version__, api
-from exq.clikit import JSON_OPTION, console, echo_json, err_console, paths_of
+from exq.cli_complete import COMPLETE_VAR, PROG, complete_jobs, complete_phases, completion
+from exq.clikit import JSON_OPTION, STRICT_OPTION, check_fit, console, echo_json, err_console, paths_of
 from exq.errors import (
     DaemonRunningError,
     ExqError,
@@ -123,14 +124,19 @@ MAX_JOBS_OPTION = click.option("--max-jobs", type=click.IntRange(min=1), metavar
 @click.argument("manifest", type=click.Path(exists=False, dir_okay=False, path_type=Path))
 @click.option("--all", "all_jobs", is_flag=True, help="List every job (default: the first 200).")
 @MAX_JOBS_OPTION
-def validate(manifest: Path, all_jobs: bool, max_jobs: int | None) -> None:
+@JSON_OPTION
+def validate(manifest: Path, all_jobs: bool, max_jobs: int | None, as_json: bool) -> None:
     """Check MANIFEST and print the jobs it expands to; submit nothing."""
     spec = api.load_manifest(manifest, max_jobs=max_jobs)
-    _print_spec(spec, all_jobs)
+    _print_spec(spec, all_jobs, as_json)
     _print_notes(spec)
 
 
-def _print_spec(spec: api.SubmissionSpec, all_jobs: bool) -> None:
+def _print_spec(spec: api.SubmissionSpec, all_jobs: bool, as_json: bool = False) -> None:
+    """The expanded jobs: a table (the first 200 unless `all_jobs`), or with `as_json` the whole spec."""
+    if as_json:
+        click.echo(spec.model_dump_json(indent=2))
+        return
     from exq.views import spec_table
 
     console().print(spec_table(spec, limit=None if all_jobs else 200))
@@ -148,20 +154,22 @@ def _print_notes(spec: api.SubmissionSpec) -> None:
 @click.option("--stdin-name", default="manifest.yaml", show_default=True,
               help="With MANIFEST '-' (read from stdin): its file name, for messages and a relative workdir.")
 @MAX_JOBS_OPTION
+@STRICT_OPTION
 @JSON_OPTION
 @click.pass_context
 def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, max_jobs: int | None,
-           as_json: bool) -> None:
+           strict: bool, as_json: bool) -> None:
     """Submit MANIFEST ('-' for stdin) to the queue. Returns once the submission is durable."""
     if str(manifest) == "-":
         spec = api.parse_manifest(sys.stdin.read(), str(Path.cwd() / stdin_name), max_jobs=max_jobs)
     else:
         spec = api.load_manifest(manifest, max_jobs=max_jobs)
     if dry_run:
-        _print_spec(spec, all_jobs=False)
+        _print_spec(spec, all_jobs=False, as_json=as_json)
         _print_notes(spec)
         return
     paths = _paths(ctx)
+    check_fit(paths, spec, strict)
     item = api.submit(paths, spec)
     if as_json:
         echo_json({"submission": item.id, "jobs": [f"{item.id}/{job.id}" for job in spec.jobs]})
@@ -175,13 +183,15 @@ def submit(ctx: click.Context, manifest: Path, dry_run: bool, stdin_name: str, m
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @MAX_JOBS_OPTION
+@JSON_OPTION
 @click.pass_context
-def run(ctx: click.Context, manifest: Path, max_jobs: int | None) -> None:
+def run(ctx: click.Context, manifest: Path, max_jobs: int | None, as_json: bool) -> None:
     """Submit MANIFEST and schedule in this process until its jobs end (exit 1 if any did not succeed)."""
     paths = _paths(ctx)
     spec = api.load_manifest(manifest, max_jobs=max_jobs)
     if api.daemon_alive(paths):
         raise DaemonRunningError("an exq daemon runs on this state dir; use `exq submit` instead")
+    check_fit(paths, spec, strict=False)
     item = api.submit(paths, spec)
     gpus = api.probe_gpus(paths)
     label = " (SIMULATED)" if gpus.simulated else ""
@@ -202,7 +212,11 @@ def run(ctx: click.Context, manifest: Path, max_jobs: int | None) -> None:
     from exq.views import run_summary
 
     mine = [j for j in state.jobs if j.submission == item.id]
-    console().print(run_summary(view, mine))
+    if as_json:
+        echo_json({"submission": item.id, "jobs": [{"job": j.key, "status": j.status.value, "reason": j.reason}
+                                                   for j in mine]})
+    else:
+        console().print(run_summary(view, mine))
     if not done(state):
         err_console().print("exq run: interrupted; running jobs keep running (`exq daemon` re-attaches them)")
         sys.exit(EXIT_JOBS_FAILED)
@@ -230,9 +244,29 @@ def daemon(ctx: click.Context, foreign_threshold: int, probe_interval: float, ho
     api.serve(_paths(ctx), config=config)
 
 
+def _show_archived(paths: api.StatePaths, subs: tuple[str, ...], as_json: bool) -> None:
+    """`exq status --archived`: the archived submissions (those SUB names by id or name) and their jobs."""
+    from rich.text import Text
+
+    from exq.views import job_table
+
+    records = [r for r in api.archived(paths) if not subs or {r.submission.id, r.submission.name} & set(subs)]
+    if as_json:
+        echo_json({"archived": [record.model_dump(mode="json") for record in records]})
+        return
+    if not records:
+        console().print("no archived submissions")
+    for record in records:
+        sub, when = record.submission, time.strftime("%Y-%m-%d %H:%M", time.localtime(record.archived_at))
+        table = job_table([[job] for job in record.jobs])
+        table.title = Text(f"submission {sub.id} {sub.name}: {len(record.jobs)} job(s), archived {when}")
+        console().print(table)
+
+
 @cli.command()
 @click.argument("submissions", nargs=-1, metavar="[SUB]...")
-@click.option("--phase", "phases", multiple=True, metavar="P", help="Only jobs of phase P (repeatable).")
+@click.option("--phase", "phases", multiple=True, metavar="P", shell_complete=complete_phases,
+              help="Only jobs of phase P (repeatable).")
 @click.option("--status", "statuses", multiple=True, metavar="S",
               help="Only jobs in status S: queued, running, succeeded, failed, blocked, cancelled or unknown "
                    "(repeatable).")
@@ -245,14 +279,19 @@ def daemon(ctx: click.Context, foreign_threshold: int, probe_interval: float, ho
                    '{"jobs": [...]} of the matching jobs.')
 @click.option("--watch", is_flag=True, help="Keep the view live until Ctrl-C.")
 @click.option("--all", "all_jobs", is_flag=True, help="List every job, not only the active and recent ones.")
+@click.option("--archived", is_flag=True, help="Show the submissions `exq clean` archived (of SUB, when named).")
 @click.pass_context
 def status(ctx: click.Context, submissions: tuple[str, ...], phases: tuple[str, ...], statuses: tuple[str, ...],
-           labels: tuple[str, ...], hosts: tuple[str, ...], as_json: bool, watch: bool, all_jobs: bool) -> None:
+           labels: tuple[str, ...], hosts: tuple[str, ...], as_json: bool, watch: bool, all_jobs: bool,
+           archived: bool) -> None:
     """Show submissions, phases and jobs: of the submissions SUB, when named, and matching every filter given."""
     from exq.views import JobFilter, status_renderable
 
     paths = _paths(ctx)
     jobs_filter = JobFilter(submissions, phases, statuses, labels, hosts)
+    if archived:
+        _show_archived(paths, submissions, as_json)
+        return
     if as_json and jobs_filter:
         jobs = jobs_filter.select(api.status(paths).with_state())
         sys.stdout.write(json.dumps({"jobs": [job.model_dump(mode="json") for job in jobs]}) + "\n")
@@ -269,17 +308,18 @@ def status(ctx: click.Context, submissions: tuple[str, ...], phases: tuple[str, 
     def view() -> RenderableType:
         return status_renderable(api.status(paths), all_jobs, jobs_filter, refreshed=time.time())
 
+    import signal
+    import threading
+
+    stop = threading.Event()  # Ctrl-C ends the view between two redraws, never in the middle of one
+    signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
     with Live(view(), console=console(), refresh_per_second=2) as live:
-        try:
-            while True:
-                time.sleep(1.0)
-                live.update(view())
-        except KeyboardInterrupt:
-            pass
+        while not stop.wait(1.0):
+            live.update(view())
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job's attempt ends.")
 @click.option("--attempt", type=click.IntRange(min=1), metavar="N",
               help="Attempt number, from 1 (default: the latest).")
@@ -568,7 +608,7 @@ def _register() -> None:
     from exq.report.command import report
     from exq.service import service
 
-    for command in (*cli_jobs.COMMANDS, *cli_control.COMMANDS, doctor, service, report):
+    for command in (*cli_jobs.COMMANDS, *cli_control.COMMANDS, completion, doctor, service, report):
         cli.add_command(command)
 
 
@@ -591,7 +631,7 @@ def _run(argv: list[str]) -> int:
     node, args = api.split_host(argv)
     if node is not None and not {"-h", "--help"} & set(args[:1]):
         return api.forward(node, args)
-    result = cli.main(args, standalone_mode=False)
+    result = cli.main(args, prog_name=PROG, complete_var=COMPLETE_VAR, standalone_mode=False)
     return result if isinstance(result, int) else EXIT_OK
 
 

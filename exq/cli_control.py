@@ -1,5 +1,6 @@
 """The commands that change jobs or the queue through a control request: cancel, retry, restart, hold,
-release, priority, pause, resume. Each says what it affected (`--json`: ok, message and the job keys)."""
+release, priority, pause, resume, clean. Each says what it affected (`--json`: ok, message and the job keys, or
+the submission ids for clean)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from exq import api
+from exq.cli_complete import complete_jobs
 from exq.clikit import JSON_OPTION, console, echo_json, paths_of
 from exq.errors import NotFoundError, UsageError
 
@@ -22,7 +24,8 @@ _SCOPE_OPTIONS = [
 
 def _scoped(func: Callable[..., Any]) -> Callable[..., Any]:
     """TARGETS, the options saying what they name, and --json."""
-    for option in reversed([click.argument("targets", nargs=-1), *_SCOPE_OPTIONS, JSON_OPTION]):
+    targets = click.argument("targets", nargs=-1, shell_complete=complete_jobs)
+    for option in reversed([targets, *_SCOPE_OPTIONS, JSON_OPTION]):
         func = option(func)
     return func
 
@@ -131,4 +134,30 @@ def resume(ctx: click.Context, as_json: bool) -> None:
     _control(ctx, api.ControlRequest(op="resume"), as_json)
 
 
-COMMANDS = (cancel, retry, restart, hold, release, priority, pause, resume)
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from exq.units import parse_duration
+
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.option("--older-than", callback=_duration, metavar="DURATION",
+              help="Only submissions whose last job finished at least this long ago (7d, 12h, 90m).")
+@click.option("--submission", "submissions", multiple=True, metavar="S",
+              help="Only submission S (an id or name; repeatable). One not finished is left alone.")
+@click.option("--keep-logs", is_flag=True, help="Keep the attempt directories (logs, records) of the archived jobs.")
+@JSON_OPTION
+@click.pass_context
+def clean(ctx: click.Context, older_than: float | None, submissions: tuple[str, ...], keep_logs: bool,
+          as_json: bool) -> None:
+    """Move finished submissions out of the queue into archive.jsonl (`exq status --archived` shows them) and
+    delete their jobs' logs on this machine. An unknown submission exits 5."""
+    scope = "submission" if submissions else "all"
+    _control(ctx, api.ControlRequest(op="clean", targets=list(submissions), scope=scope, older_than=older_than,
+                                     keep_logs=keep_logs), as_json)
+
+
+COMMANDS = (cancel, retry, restart, hold, release, priority, pause, resume, clean)

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from exq import api
-from exq.clikit import JSON_OPTION, console, echo_json, err_console, paths_of
+from exq.cli_complete import complete_jobs, complete_submissions
+from exq.clikit import JSON_OPTION, STRICT_OPTION, check_fit, console, echo_json, err_console, paths_of
 from exq.errors import ManifestError, UsageError
 
 ADD_NAME = "job"
@@ -21,15 +22,15 @@ WAIT_POLL = 0.5
 """Seconds between reads of the queue while `exq wait` waits."""
 _OPTIONS = {"gpus": "--gpus", "gpu_memory": "--gpu-memory", "priority": "--priority", "id": "--name",
             "name": "--name", "hosts": "--host", "labels": "--label", "workdir": "--workdir", "cmd": "COMMAND",
-            "after": "--after"}
+            "after": "--after", "label_max_parallel": "--max-parallel"}
 """The option of `exq add` that sets each manifest field (to report an invalid value by its option)."""
 EXIT_TIMEOUT = 124
 """`exq wait --timeout`: the jobs had not all ended (as timeout(1) exits)."""
 
 
 def add_manifest(argv: tuple[str, ...], *, gpus: int | None, gpu_memory: str | None, after: list[str],
-                 labels: tuple[str, ...], priority: int | None, name: str | None, hosts: tuple[str, ...],
-                 workdir: Path) -> str:
+                 labels: tuple[str, ...], max_parallel: int | None, priority: int | None, name: str | None,
+                 hosts: tuple[str, ...], workdir: Path) -> str:
     """The one-job manifest `exq add` submits (as YAML text): each option is one field, so an invalid value
     is reported by the field it sets. One argument is a shell command line; several are an argv, quoted so
     the job runs exactly them."""
@@ -37,7 +38,8 @@ def add_manifest(argv: tuple[str, ...], *, gpus: int | None, gpu_memory: str | N
     fields: dict[str, object] = {"name": name or ADD_NAME, "id": name or ADD_NAME, "workdir": str(workdir),
                                  "cmd": cmd.replace("{", "{{").replace("}", "}}")}
     optional = {"gpus": gpus, "gpu_memory": gpu_memory, "priority": priority, "after": after,
-                "labels": list(labels), "hosts": list(hosts)}
+                "labels": list(labels), "hosts": list(hosts),
+                "label_max_parallel": {label: max_parallel for label in labels} if max_parallel else None}
     fields.update((key, value) for key, value in optional.items() if value not in (None, []))
     return "".join(f"{key}: {json.dumps(value)}\n" for key, value in fields.items())
 
@@ -48,29 +50,37 @@ def add_manifest(argv: tuple[str, ...], *, gpus: int | None, gpu_memory: str | N
 @click.option("--after", multiple=True, metavar="JOB",
               help="Start only once JOB succeeded (repeatable): SUB/ID, ID, a submission number, or label:NAME.")
 @click.option("--label", "labels", multiple=True, metavar="L", help="A label to find the job by (repeatable).")
+@click.option("--max-parallel", type=click.IntRange(min=1), metavar="N",
+              help="Start only while fewer than N jobs with its --label(s) run (like pueue's groups).")
 @click.option("--priority", type=int, help="Higher starts first (default 0).")
 @click.option("--name", metavar="ID", help=f"The job's id (default {ADD_NAME!r}; its key is SUBMISSION/ID).")
 @click.option("--host", "hosts", multiple=True, metavar="H", help="Run only on host H (repeatable).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where it runs (default: here).")
+@STRICT_OPTION
 @JSON_OPTION
 @click.argument("command", nargs=-1, required=True)
 @click.pass_context
 def add(ctx: click.Context, command: tuple[str, ...], gpus: int | None, gpu_memory: str | None,
-        after: tuple[str, ...], labels: tuple[str, ...], priority: int | None, name: str | None,
-        hosts: tuple[str, ...], workdir: Path | None, as_json: bool) -> None:
+        after: tuple[str, ...], labels: tuple[str, ...], max_parallel: int | None, priority: int | None,
+        name: str | None,
+        hosts: tuple[str, ...], workdir: Path | None, strict: bool, as_json: bool) -> None:
     """Queue one job running COMMAND, durably, like `exq submit` (`exq add -- python train.py --lr 0.1`).
 
     Several words are run exactly as given (an argv); a single quoted word is a shell command line
     (`exq add 'python train.py > out.txt'`)."""
+    if max_parallel is not None and not labels:
+        raise UsageError("--max-parallel N needs --label L: it limits the running jobs that have label L")
     paths = paths_of(ctx)
     upstream = [key for ref in after for key in api.resolve_ref(paths, ref)]
-    text = add_manifest(command, gpus=gpus, gpu_memory=gpu_memory, after=upstream, labels=labels, priority=priority,
-                        name=name, hosts=hosts, workdir=(workdir or Path.cwd()).absolute())
+    text = add_manifest(command, gpus=gpus, gpu_memory=gpu_memory, after=upstream, labels=labels,
+                        max_parallel=max_parallel, priority=priority, name=name, hosts=hosts,
+                        workdir=(workdir or Path.cwd()).absolute())
     try:
         spec = api.parse_manifest(text, os.path.join(os.getcwd(), "exq add"))
     except ManifestError as exc:
         raise UsageError("\n".join(f"{_OPTIONS.get(p.field.split('.')[0], p.field)}: {p.message}"
                                    for p in exc.problems)) from None
+    check_fit(paths, spec, strict)
     item = api.submit(paths, spec)
     key = f"{item.id}/{spec.jobs[0].id}"
     if as_json:
@@ -82,8 +92,9 @@ def add(ctx: click.Context, command: tuple[str, ...], gpus: int | None, gpu_memo
 
 
 @click.command()
-@click.argument("jobs", nargs=-1)
-@click.option("--submission", "submissions", multiple=True, metavar="S", help="Every job of submission S.")
+@click.argument("jobs", nargs=-1, shell_complete=complete_jobs)
+@click.option("--submission", "submissions", multiple=True, metavar="S", shell_complete=complete_submissions,
+              help="Every job of submission S.")
 @click.option("--label", "labels", multiple=True, metavar="L", help="Every job with label L.")
 @click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help=f"Give up after this long (exit {EXIT_TIMEOUT}).")

@@ -11,7 +11,7 @@ import click
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from exq.api import StatePaths
+    from exq.api import StatePaths, SubmissionSpec
 
 
 @functools.cache
@@ -43,3 +43,17 @@ def echo_json(value: Any) -> None:
 
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+STRICT_OPTION = click.option("--strict", is_flag=True,
+                             help="Refuse the submission when some job could never run on the known hosts.")
+
+
+def check_fit(paths: StatePaths, spec: SubmissionSpec, strict: bool) -> None:
+    """Warn (on stderr) of jobs no known host could ever run; with `strict`, refuse them (exit 2)."""
+    from exq import api
+    from exq.errors import UsageError
+
+    problems = api.fit_problems(paths, spec)
+    for problem in problems:
+        err_console().print(f"warning: {problem}")
+    if problems and strict:
+        raise UsageError("submission refused (--strict): some jobs could never run (see the warnings above)")

@@ -355,14 +355,12 @@ class StatusScreen:
             yield from line
 
 
-def run_summary(view: StatusView, jobs: list[Job]) -> Group:
+def run_summary(view: StatusView, jobs: list[Job]) -> StatusScreen:
     """What `exq run` prints at the end: the phases, then its jobs, those that did not succeed first; past
-    LISTED jobs the rest are counted (a table of thousands of rows takes seconds to draw)."""
+    LISTED jobs the rest are counted (a table of thousands of rows takes seconds to draw). Not wrapped when
+    piped."""
     listed = sorted(jobs, key=listing_order)[:LISTED] if len(jobs) > LISTED else jobs
-    parts: list[Table | Text] = [phase_table(view), job_table([[job] for job in listed])]
-    if len(jobs) > LISTED:
-        parts.append(Text(f"... {len(jobs) - LISTED} more jobs (exq status --all)", style="dim"))
-    return Group(*parts)
+    return StatusScreen([phase_table(view)], [[job] for job in listed], len(jobs), fit=False)
 
 
 def gpu_table(host: str, snap: GpuSnapshot) -> Table:

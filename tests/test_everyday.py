@@ -3,10 +3,12 @@ release, priority, restart, after across submissions, labels, --json, and the re
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -24,8 +26,8 @@ def added(exq: Exq, *args: str) -> str:
     return key
 
 
-def job(exq: Exq, key: str) -> dict[str, object]:
-    found: dict[str, object] = next(j for j in exq.state()["jobs"] if f"{j['submission']}/{j['id']}" == key)
+def job(exq: Exq, key: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(j for j in exq.state()["jobs"] if f"{j['submission']}/{j['id']}" == key)
     return found
 
 
@@ -109,7 +111,7 @@ def test_priority_changes_which_queued_job_starts_first(exq: Exq) -> None:
     wait_until(lambda: job(exq, keys[0])["reason"] == "waiting: the queue is paused (`exq resume`)")
     exq("resume")
     exq("wait", *keys)
-    started = {k: job(exq, k)["attempts"][0]["started_at"] for k in keys}  # type: ignore[index]
+    started = {k: job(exq, k)["attempts"][0]["started_at"] for k in keys}
     assert started[keys[2]] < started[keys[0]] < started[keys[1]]
 
 
@@ -124,7 +126,7 @@ def test_restart_runs_a_succeeded_job_again_with_a_changed_param_and_keeps_its_h
     assert reply["affected"] == ["1/train"]
     assert exq("wait", "1/train").returncode == 0
     restarted = job(exq, "1/train")
-    assert [a["number"] for a in restarted["attempts"]] == [1, 2]  # type: ignore[index, union-attr]
+    assert [a["number"] for a in restarted["attempts"]] == [1, 2]
     assert exq("logs", "1/train", "--attempt", "1").stdout == "lr=0.1\n"
     assert exq("logs", "1/train").stdout == "lr=0.5\n"
 
@@ -166,7 +168,7 @@ def test_cancel_by_label_affects_only_the_labelled_jobs(exq: Exq) -> None:
     reply = json.loads(exq("cancel", "--json", "--label", "sweep").stdout)
     assert reply["affected"] == ["1/b"]
     assert job(exq, other)["status"] == "queued"
-    assert job(exq, "1/a")["spec"]["labels"] == ["sweep", "first"]  # type: ignore[index]
+    assert job(exq, "1/a")["spec"]["labels"] == ["sweep", "first"]
 
 
 def test_a_job_in_retry_backoff_says_when_it_retries(exq: Exq) -> None:
@@ -197,3 +199,85 @@ def test_manifest_schema_accepts_the_example_manifests_and_rejects_a_wrong_type(
 def test_control_commands_without_targets_are_usage_errors(exq: Exq, command: str) -> None:
     proc = exq(command, check=False)
     assert proc.returncode == 2 and "name at least one job" in proc.stderr
+
+
+def test_submit_warns_of_jobs_that_can_never_run_and_strict_refuses_them(exq: Exq) -> None:
+    manifest = exq.manifest("name: big\nphases:\n  - {name: huge, gpus: 4, cmd: 'true'}\n"
+                            "  - {name: fat, gpu_memory: 80GiB, cmd: 'true'}\n  - {name: fine, cmd: 'true'}\n")
+    refused = exq("submit", "--strict", str(manifest), check=False)
+    assert refused.returncode == 2 and "submission refused (--strict)" in refused.stderr
+    assert "phase huge: 1 job(s) can never run: needs 4 GPU(s) on one host; the most any allowed host has is 2" \
+        in refused.stderr
+    assert "phase fat: 1 job(s) can never run: needs 1 GPU(s) with 80GiB each" in refused.stderr
+    assert "phase fine" not in refused.stderr and exq.state()["jobs"] == []
+    warned = exq("submit", str(manifest))
+    assert "submitted 3 job(s)" in warned.stdout and "phase huge: 1 job(s) can never run" in warned.stderr
+    exq.start_daemon()  # the daemon says the same of the queued job
+    wait_until(lambda: job(exq, "1/huge")["reason"] == "cannot fit: needs 4 GPUs on one host, the largest host has 2")
+
+
+def test_daemon_logs_its_start_recovery_drain_and_stop(exq: Exq) -> None:
+    key = added(exq, "--gpus", "0", "--", "sleep", "30")
+    daemon = exq.start_daemon()
+    wait_until(lambda: job(exq, key)["status"] == "running")
+    daemon.send_signal(15)
+    daemon.wait(30)
+    log = (exq.root / "daemon0.log").read_text()
+    started, recovered = log.index(" started (pid "), log.index("recovered: 0 attempt(s) still running")
+    drain, stop = log.index("draining: no new jobs are placed; 1 running job(s) keep running"), log.index("stopped;")
+    assert started < recovered < drain < stop
+    exq.start_daemon()
+    wait_until(lambda: "recovered: 1 attempt(s) still running re-attached" in (exq.root / "daemon1.log").read_text())
+    exq("cancel", key)
+
+
+def test_completion_scripts_load_and_complete_job_keys_and_phases(exq: Exq) -> None:
+    manifest = exq.manifest("name: c\ndefaults: {gpus: 0}\nphases:\n  - {name: prep, id: p, cmd: 'true'}\n"
+                            "  - {name: train, id: t, after: [prep], cmd: 'true'}\n")
+    exq("submit", str(manifest))
+    for shell in ("bash", "zsh", "fish"):
+        assert "_EXQ_COMPLETE" in exq("completion", shell).stdout
+    script = exq("completion", "bash").stdout
+    loaded = subprocess.run(["bash", "-c", 'eval "$1"; complete -p exq', "_", script], capture_output=True,
+                            text=True, timeout=30)
+    assert loaded.returncode == 0 and "_exq_completion" in loaded.stdout
+
+    def complete(words: str) -> list[str]:
+        current = len(words.split()) - (0 if words.endswith(" ") else 1)  # the word being completed
+        env = dict(exq.env, _EXQ_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=str(current))
+        out = subprocess.run(EXQ, env=env, capture_output=True, text=True, timeout=60).stdout
+        return [line.split(",", 1)[1] for line in out.splitlines()]
+
+    assert complete("exq logs ") == ["1/p", "1/t"]
+    assert complete("exq cancel 1/t") == ["1/t"]
+    assert complete("exq status --phase ") == ["prep", "train"]
+
+
+def test_validate_run_and_report_speak_json(exq: Exq) -> None:
+    manifest = exq.manifest("name: j\ngpus: 1\ngrid: {x: [1, 2]}\nid: 'j{x}'\ncmd: 'test {x} = 1'\n")
+    spec = json.loads(exq("validate", "--json", str(manifest)).stdout)
+    assert [j["id"] for j in spec["jobs"]] == ["j1", "j2"] and spec["jobs"][0]["cmd"] == "test 1 = 1"
+    assert json.loads(exq("submit", "--dry-run", "--json", str(manifest)).stdout) == spec
+    ran = exq("run", "--json", str(manifest), check=False)
+    assert ran.returncode == 1
+    result = json.loads(ran.stdout)
+    assert result["submission"] == "1"
+    assert [(j["job"], j["status"]) for j in result["jobs"]] == [("1/j1", "succeeded"), ("1/j2", "failed")]
+    figures = json.loads(exq("report", "--json").stdout)
+    assert sum(lane["attempts"] for lane in figures["lanes"]) == 2
+    assert {lane["gpu"] for lane in figures["lanes"]} == {0, 1}
+    assert [(p["phase"], p["jobs"], p["succeeded"], p["failed"]) for p in figures["phases"]] == [("j", 2, 1, 1)]
+
+
+def test_add_max_parallel_limits_the_running_jobs_of_its_label_across_submissions(exq: Exq) -> None:
+    assert exq("add", "--max-parallel", "1", "--", "true", check=False).returncode == 2  # needs --label
+    keys = [added(exq, "--gpus", "0", "--label", "grp", "--max-parallel", "1", "--", "sleep", "0.6")
+            for _ in range(3)]
+    free = added(exq, "--gpus", "0", "--", "sleep", "0.6")
+    exq.start_daemon()
+    wait_until(lambda: job(exq, keys[1])["reason"] == "waiting: max_parallel 1 of label grp reached")
+    exq("wait")
+    spans = sorted((a["started_at"], a["ended_at"]) for k in keys for a in job(exq, k)["attempts"])
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+    first = min(s for s, _ in spans)
+    assert job(exq, free)["attempts"][0]["started_at"] < first + 0.6

@@ -241,7 +241,8 @@ def test_validate_names_file_line_and_field_of_each_new_setting(exq: Exq) -> Non
             after: [nowhere]
             cmd: run
     """, [(5, "phases[0].wait_for[0]"), (8, "phases[1].after[0]")])
-    assert lines[-1].endswith("unknown phase 'nowhere'; phases: a, b (job ids of this submission are accepted too)")
+    assert lines[-1].endswith("unknown phase 'nowhere'; phases: a, b (job ids of this submission are accepted too, "
+                              "SUB/ID for a job of another submission, label:NAME for labelled jobs)")
 
 
 def test_workdir_only_on_ssh_hosts_is_noted_not_refused(exq: Exq) -> None:

@@ -326,7 +326,8 @@ def test_unknown_field_suggests_the_close_one(src: str) -> None:
     p = one(src, text)
     assert (p.field, p.line, p.column) == ("defaults.gpu", line(text, "gpu: 2"), 3)
     assert p.message.startswith("unknown field 'gpu' (did you mean 'gpus'?); expected one of ")
-    assert ("gpu_memory, gpus, hosts, labels, on_oom, outputs, params, priority, retry, setup, share, timeout"
+    assert ("gpu_memory, gpus, hosts, label_max_parallel, labels, on_oom, outputs, params, priority, retry, setup,"
+            " share, timeout"
             in p.message)
 
 
@@ -572,7 +573,8 @@ def test_unknown_after_phase(src: str) -> None:
     """
     p = one(src, text)
     assert (p.field, p.line) == ("phases[1].after[1]", line(text, "after:"))
-    assert p.message == "unknown phase 'teacher'; phases: a, b (job ids of this submission are accepted too)"
+    assert p.message == ("unknown phase 'teacher'; phases: a, b (job ids of this submission are accepted too, "
+                         "SUB/ID for a job of another submission, label:NAME for labelled jobs)")
 
 
 def test_cycle_in_after(src: str) -> None:

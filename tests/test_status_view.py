@@ -193,11 +193,21 @@ def test_watch_says_when_it_last_refreshed(exq: Exq) -> None:
     proc = subprocess.Popen([*EXQ, "status", "--watch"], env=dict(exq.env, **TERMINAL), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        try:  # it runs until interrupted: give it 3 s to draw and refresh
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"1/a0" not in seen and time.monotonic() < deadline and proc.poll() is None:  # it has drawn once
+            try:
+                seen += os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.1)
+        time.sleep(1.5)  # and redraws
+        proc.send_signal(signal.SIGINT)
+        os.set_blocking(fd, True)
+        out, err = proc.communicate(timeout=30)
+        out = seen.decode(errors="replace") + out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -11,7 +11,7 @@ from exq.daemon.context import Context
 from exq.errors import ExqError
 from exq.model.events import Submitted
 from exq.model.state import Submission
-from exq.store import intake
+from exq.store import archive, intake
 
 log = logging.getLogger("exq.scheduler")
 
@@ -23,9 +23,10 @@ def ingest(ctx: Context) -> None:
         if _ingested(ctx, sub):
             path.unlink(missing_ok=True)  # ingested before a crash removed the file
             continue
-        if ctx.submission(sub.id) is not None:
+        if ctx.submission(sub.id) is not None or sub.id in ctx.store.state.archived:
             # The number was handed out twice (intake/.counter was set back by hand or a backup): keep both.
-            number = 1 + max(int(s.id) for s in ctx.store.state.submissions if s.id.isdigit())
+            taken = [*(s.id for s in ctx.store.state.submissions), *ctx.store.state.archived]
+            number = 1 + max(int(sub_id) for sub_id in taken if sub_id.isdigit())
             intake.raise_counter(ctx.store.paths, number)
             log.error("submission number %s was already taken; ingesting %s as %d", sub.id, sub.name, number)
             sub = sub.model_copy(update={"id": str(number)})
@@ -38,6 +39,8 @@ def _ingested(ctx: Context, sub: Submission) -> bool:
     """Whether this intake was already ingested (by its key; files written before keys: by time and name)."""
     if sub.key is not None:
         return sub.key in ctx.store.ledger.submission_keys
+    if sub.id in ctx.store.state.archived:
+        return True  # written before keys, ingested and archived since
     existing = ctx.submission(sub.id)
     return existing is not None and (existing.submitted_at, existing.name) == (sub.submitted_at, sub.name)
 
@@ -54,11 +57,31 @@ def apply_requests(ctx: Context, kill: Callable[[str], None]) -> None:
     """Apply the queued control requests, each durably before its reply; `kill` ends a job's attempt."""
     for path, req in intake.pending_requests(ctx.store.paths):
         try:
-            plan = control.plan(ctx.store.ledger, req, time.time())
+            plan = control.plan(ctx.store.ledger, req, time.time(), busy=ctx.reservations.keys())
         except ExqError as exc:
             intake.reply(path, intake.ControlReply(ok=False, message=str(exc)))
             continue
+        if plan.archive:
+            archive.append(ctx.store.paths, plan.archive)  # before the event: a crash between leaves a duplicate
         ctx.commit(plan.events)
         for key in plan.kill:
             kill(key)
-        intake.reply(path, intake.ControlReply(ok=True, message=plan.message, affected=plan.affected))
+        message = plan.message + (_drop_logs(ctx, plan.archive, req.keep_logs) if plan.archive else "")
+        intake.reply(path, intake.ControlReply(ok=True, message=message, affected=plan.affected))
+
+
+def _drop_logs(ctx: Context, records: list[archive.ArchivedSubmission], keep: bool) -> str:
+    """Delete the attempt directories of archived jobs on the daemon's machine (not on SSH hosts); in words."""
+    if keep:
+        return "; logs kept"
+    here: list[str] = []
+    elsewhere: set[str] = set()
+    for attempt in (a for record in records for job in record.jobs for a in job.attempts):
+        if attempt.host == ctx.here:
+            here.append(attempt.dir)
+        else:
+            elsewhere.add(attempt.host)
+    note = f"; deleted the logs of {archive.delete_attempt_dirs(ctx.store.paths.jobs, here)} attempt(s)"
+    if elsewhere:
+        note += f"; nothing deleted on {', '.join(sorted(elsewhere))} (their logs stay there)"
+    return note

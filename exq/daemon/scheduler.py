@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from exq import __version__
 from exq.daemon.codesync import WorkdirCopies
 from exq.daemon.context import Context, SchedulerConfig
 from exq.daemon.deps import block_dependants
@@ -70,6 +71,8 @@ class Scheduler:
 
     def drain(self) -> None:
         """Stop placing and leave the loop; running jobs keep running. Safe from a signal handler."""
+        if not self._draining:
+            log.info("draining: no new jobs are placed; %d running job(s) keep running", len(self.ctx.reservations))
         self._draining = True
         if self.ctx.wake is not None:
             self.ctx.wake.set()
@@ -85,10 +88,15 @@ class Scheduler:
         ctx.wake = asyncio.Event()
         intake.clean_stale_replies(self.store.paths)
         self._set_daemon_info()
+        state = self.store.state
+        log.info("exq %s started (pid %d, state %s): %d job(s), %d queued; hosts: %s", __version__, os.getpid(),
+                 self.store.paths.root, len(state.jobs), len(self.store.ledger.queued),
+                 ", ".join(ctx.workers) or "none")
         await asyncio.wait(ctx.probes.start(force=True), timeout=min(5.0, self.config.probe_timeout))
         await self._hostwatch.collect_probes()
         while not await self._recovered() and not self._draining:
             await asyncio.sleep(self.config.write_retry)
+        log.info("recovered: %d attempt(s) still running re-attached, seq %d", len(ctx.reservations), state.seq)
         for host in ctx.workers:  # the loop starts while they are checked
             if ctx.hosts.is_up(host):
                 self._hostwatch.check_superseded(host)
@@ -120,6 +128,7 @@ class Scheduler:
                 self.store.snapshot(force=True)
             except WriteError as exc:  # the journal holds every event: the next start rebuilds it
                 log.error("final snapshot not written: %s", exc)
+            log.info("stopped; %d job(s) left running (re-attached at the next start)", len(ctx.reservations))
 
     async def _recovered(self) -> bool:
         """Recover after a restart; False (and the reason shown) when the state cannot be written yet."""

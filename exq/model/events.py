@@ -147,9 +147,16 @@ class HookRan(_Event):
     error: str | None = None
 
 
+class Archived(_Event):
+    """`exq clean`: these finished submissions (ids) and their jobs leave the state; archive.jsonl holds them."""
+
+    type: Literal["archived"] = "archived"
+    keys: list[str]
+
+
 Event = Annotated[
     Submitted | Launched | Started | Ended | Blocked | CancelRequested | Reset | HostDown | HostUp | PausedSet
-    | HookRan | Superseded | HoldSet | PrioritySet,
+    | HookRan | Superseded | HoldSet | PrioritySet | Archived,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

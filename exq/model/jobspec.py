@@ -114,6 +114,9 @@ class JobSpec(_Frozen):
     foreign_threshold: int | None = Field(
         None, gt=0, description="Foreign memory (bytes) at which a GPU counts as taken (default: the daemon's).")
     labels: list[str] = Field(default_factory=list, description="Labels to find the job by (its submission's too).")
+    label_max_parallel: dict[str, int] = Field(
+        default_factory=dict, description="Per label: it starts only while fewer jobs with that label run, in any "
+                                          "submission (pueue's groups; `exq add --max-parallel N --label L`).")
 
 
 class Hook(_Frozen):

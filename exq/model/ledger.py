@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from exq.model.events import (
+    Archived,
     Blocked,
     CancelRequested,
     Ended,
@@ -36,6 +37,7 @@ class Ledger:
         """Queued jobs in submission order: what placement scans, however many jobs have finished."""
         self.submissions: dict[str, Submission] = {sub.id: sub for sub in self.state.submissions}
         self.submission_keys: set[str] = {sub.key for sub in self.state.submissions if sub.key}
+        self.submission_keys.update(key for key in self.state.archived.values() if key)
         """Keys of the ingested submissions: a replayed intake file with one of them is not ingested again."""
         self.unchecked_lost: dict[tuple[str, int], str] = {
             (job.key, a.number): a.host for job in self.state.jobs for a in job.attempts
@@ -89,9 +91,8 @@ class Ledger:
                 self._set_control(event)
             case HostDown() | HostUp():
                 self._host_changed(event)
-            case HookRan():
-                sub = self.submissions[event.submission]
-                sub.hook_covered, sub.hook_error = event.covered, None if event.ok else event.error
+            case HookRan() | Archived():
+                self._submission_event(event)
             case Superseded():
                 self._superseded(event)
 
@@ -123,7 +124,7 @@ class Ledger:
         self.submissions[sub.id] = sub
         if sub.key:
             self.submission_keys.add(sub.key)
-        order = len(self.state.jobs)
+        order = len(self.state.jobs)  # each job's order is its place in state.jobs (see _archived)
         for offset, spec in enumerate(event.jobs):
             spec = self._specs.share(sub.id, spec)
             job = Job(
@@ -208,6 +209,33 @@ class Ledger:
             job.cancel_requested = False
             job.params = dict(event.params.get(job.key, job.spec.params))
             job.cmd = event.cmds.get(job.key, job.spec.cmd)
+
+    def _submission_event(self, event: HookRan | Archived) -> None:
+        """An on_job_end run finished, or `exq clean` archived submissions."""
+        if isinstance(event, Archived):
+            self._archived(event)
+            return
+        sub = self.submissions[event.submission]
+        sub.hook_covered, sub.hook_error = event.covered, None if event.ok else event.error
+
+    def _archived(self, event: Archived) -> None:
+        """Remove these submissions and their jobs; their ids and keys stay known (never reused nor re-ingested).
+        The remaining jobs are numbered again in the same order, so that each `order` stays its place."""
+        gone = set(event.keys)
+        for sub_id in event.keys:
+            self.state.archived[sub_id] = self.submissions.pop(sub_id).key
+        self.state.submissions[:] = [sub for sub in self.state.submissions if sub.id not in gone]
+        kept: list[Job] = []
+        for job in self.state.jobs:
+            if job.submission in gone:
+                self.jobs.pop(job.key, None)
+                self.queued.pop(job.key, None)
+            else:
+                job.order = len(kept)
+                kept.append(job)
+        self.state.jobs[:] = kept
+        self.unchecked_lost = {at: host for at, host in self.unchecked_lost.items() if at[0] in self.jobs}
+        self._order_stale = True
 
     def _superseded(self, event: Superseded) -> None:
         """Record what became of an attempt given up as lost; its job is left as it is."""

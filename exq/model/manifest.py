@@ -181,6 +181,7 @@ class SettingsModel(_Model):
     wait_for: Names = []
     foreign_threshold: PositiveSize | None = None
     labels: Names = []
+    label_max_parallel: dict[Name, PositiveInt] = {}
 
 
 class GridModel(_Model):
@@ -435,6 +436,7 @@ class _PhaseBuilder:
             wait_for=[render(glob, values, quote=False) for glob in s.get("wait_for", [])],
             foreign_threshold=s.get("foreign_threshold"),
             labels=self.labels,
+            label_max_parallel=s.get("label_max_parallel", {}),
         )
 
     def check_scale(self, jobs: list[JobSpec]) -> None:

@@ -216,3 +216,6 @@ class QueueState(_Model):
     gpus: list[GpuView] = Field(default_factory=list)
     submissions: list[Submission] = Field(default_factory=list)
     jobs: list[Job] = Field(default_factory=list)
+    archived: dict[str, str | None] = Field(
+        default_factory=dict, description="Submissions `exq clean` moved to archive.jsonl: id -> key. Kept so "
+        "that no id is handed out again and no intake file of them is ingested again.")

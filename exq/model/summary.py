@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from exq.model.state import DaemonInfo, Job, JobStatus, QueueState, Submission
+from exq.model.state import DaemonInfo, GpuView, HostView, Job, JobStatus, QueueState, Submission
 
 if TYPE_CHECKING:
     from exq.model.events import Event
@@ -66,6 +66,8 @@ class StatusIndex(BaseModel):
     paused: bool
     daemon: DaemonInfo | None
     simulated: bool = Field(description="Whether any GPU is simulated.")
+    hosts: list[HostView] = Field(default_factory=list, description="The hosts as the daemon last saw them.")
+    gpus: list[GpuView] = Field(default_factory=list, description="The GPUs as the daemon last saw them.")
     total: int = Field(description="Every job.")
     submissions: list[Submission]
     phases: list[PhaseCount] = Field(description="Job counts per status, per (submission, phase) in job order.")
@@ -106,7 +108,7 @@ def summarize(state: QueueState, now: float) -> StatusIndex:
         groups.setdefault((sub, phase), {})[status] = count
     return StatusIndex(
         seq=state.seq, at=now, paused=state.paused, daemon=state.daemon,
-        simulated=any(gpu.simulated for gpu in state.gpus), total=len(state.jobs),
+        simulated=any(gpu.simulated for gpu in state.gpus), hosts=state.hosts, gpus=state.gpus, total=len(state.jobs),
         submissions=state.submissions,
         phases=[PhaseCount(submission=sub, phase=phase, counts=by_status)
                 for (sub, phase), by_status in groups.items()],
@@ -125,6 +127,8 @@ def advance(index: StatusIndex, events: Sequence[Event]) -> StatusIndex | None:
     """
     from exq.model.ledger import Ledger
 
+    if any(event.type == "archived" for event in events):
+        return None  # jobs it does not hold leave the state: its counts cannot follow
     known = {job.key: job.model_copy(deep=True) for job in [*index.listed, *index.recent_jobs]}
     before = {key: (job.status, job.finished_at, fades(job)) for key, job in known.items()}
     state = QueueState(seq=index.seq, paused=index.paused, daemon=index.daemon, jobs=list(known.values()),

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from exq import api
+from exq.clikit import JSON_OPTION, echo_json, paths_of
 
 DEFAULT_OUTPUT = Path("exq-report.html")
 
@@ -16,8 +17,9 @@ DEFAULT_OUTPUT = Path("exq-report.html")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help=f"Where to write the HTML report (default: ./{DEFAULT_OUTPUT}).")
 @click.option("--terminal", is_flag=True, help="Print a compact text timeline instead (for SSH sessions).")
+@JSON_OPTION
 @click.pass_context
-def report(ctx: click.Context, submission: str | None, output: Path | None, terminal: bool) -> None:
+def report(ctx: click.Context, submission: str | None, output: Path | None, terminal: bool, as_json: bool) -> None:
     """Write one self-contained HTML report: a timeline per GPU, per-phase stats, GPU utilisation.
 
     The file works offline (inline SVG and script). Hovering a bar shows the job, its params, outcome
@@ -29,8 +31,10 @@ def report(ctx: click.Context, submission: str | None, output: Path | None, term
     from exq.report import html, timeline
     from exq.report import terminal as text
 
-    paths: api.StatePaths = getattr(ctx.obj, "paths", None) or api.state_paths()
-    data = timeline.build(api.status(paths).state, submission, now=time.time())
+    data = timeline.build(api.status(paths_of(ctx)).state, submission, now=time.time())
+    if as_json:
+        echo_json(timeline.figures(data))
+        return
     if terminal:
         for line in text.render(data, shutil.get_terminal_size((100, 24)).columns):
             click.echo(line)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from exq.errors import NotFoundError
@@ -122,6 +122,17 @@ class Timeline:
     def utilisation(self, lane: Lane) -> float:
         """The share of the period `lane` had an exq job, in [0, 1]."""
         return min(1.0, lane.busy / self.span) if self.end > self.start else 0.0
+
+
+def figures(timeline: Timeline) -> dict[str, object]:
+    """The report's figures without the bars (`exq report --json`): the period, each lane's busy share, and
+    the per-phase stats."""
+    return {
+        "start": timeline.start, "end": timeline.end, "submissions": timeline.submissions,
+        "lanes": [{"host": lane.host, "gpu": lane.gpu, "attempts": len(lane.bars), "busy_seconds": lane.busy,
+                   "utilisation": timeline.utilisation(lane)} for lane in timeline.lanes],
+        "phases": [asdict(stats) for stats in timeline.phases],
+    }
 
 
 def lane_name(host: str, gpu: int | None) -> str:

@@ -46,12 +46,14 @@ class ControlRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(default_factory=lambda: f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}")
-    op: Literal["cancel", "retry", "pause", "resume", "hold", "release", "priority", "restart"]
+    op: Literal["cancel", "retry", "pause", "resume", "hold", "release", "priority", "restart", "clean"]
     targets: list[str] = Field(default_factory=list)
     scope: Literal["job", "phase", "submission", "label", "all"] = "job"
     submission: str | None = Field(None, description="Restrict phase targets to this submission.")
     priority: int | None = Field(None, description="op priority: the jobs' new priority.")
     params: dict[str, Scalar] = Field(default_factory=dict, description="op restart: params set for the new run.")
+    older_than: float | None = Field(None, description="op clean: only submissions finished this many seconds ago.")
+    keep_logs: bool = Field(False, description="op clean: keep the attempt directories of the archived jobs.")
 
 
 class ControlReply(BaseModel):
@@ -94,7 +96,9 @@ def _next_number(paths: StatePaths) -> int:
     try:
         counter = int((paths.intake / COUNTER_FILE).read_text())
     except (FileNotFoundError, ValueError):
-        counter = max((int(s.id) for s in read_state(paths).submissions if s.id.isdigit()), default=0)
+        state = read_state(paths)  # archived ids count too: `exq clean` must not free a number
+        ids = [*(s.id for s in state.submissions), *state.archived]
+        counter = max((int(sub_id) for sub_id in ids if sub_id.isdigit()), default=0)
     return max([counter, *waiting]) + 1
 
 
