@@ -495,10 +495,11 @@ def plan_compile(plan_file: Path, tracker: Path | None, runs: Path | None, inclu
 @click.option("--dry-run", is_flag=True, help="Show each run's command and where it came from, and the phases; "
                                              "submit nothing, change nothing.")
 @click.option("--force", is_flag=True, help="Submit although the stage gates say no (says what it overrode).")
+@JSON_OPTION
 @click.pass_context
 def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: Path | None, include: str,
                 rerun_failed: bool, workflow: Path | None, no_workflow: bool, output: Path | None, dry_run: bool,
-                force: bool) -> None:
+                force: bool, as_json: bool) -> None:
     """Compile and submit the runs still to do; refuses unless the gate before Training & Validation passed and
     the current stage is that one."""
     from exq.bridge import plan as bridge
@@ -517,6 +518,10 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
                 err_console().print(f"note: {flow}: {problem}")
         return
     item, overridden, compiled = bridge.submit(files, manifest, flow, force, _paths(ctx), selection)
+    if as_json:
+        echo_json({"submission": item.id, "jobs": [f"{item.id}/{job.id}" for job in item.spec.jobs],
+                   "manifest": str(manifest), "overridden": overridden})
+        return
     _print_choices(compiled)
     for problem in overridden:
         err_console().print(f"warning: --force overrode: {problem}")
@@ -534,9 +539,11 @@ def plan_submit(ctx: click.Context, plan_file: Path, tracker: Path | None, runs:
               help="EXPERIMENT_LOG.md (default: in the project root).")
 @click.option("--submission", envvar="EXQ_SUBMISSION", metavar="N",
               help="The plan's submission (default: the newest named after the plan's project).")
+@JSON_OPTION
 @click.pass_context
 def plan_sync(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: Path | None, workflow: Path | None,
-              no_workflow: bool, results: Path | None, log_file: Path | None, submission: str | None) -> None:
+              no_workflow: bool, results: Path | None, log_file: Path | None, submission: str | None,
+              as_json: bool) -> None:
     """Write the submission's progress into the tracker, results, log and training gate (idempotent); only
     exq's own cells and parts of cells change."""
     from exq.bridge import plan as bridge
@@ -548,6 +555,10 @@ def plan_sync(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: P
     targets = SyncTargets(files, results or results_path(plan_file), log_file or log_path(plan_file),
                           bridge.find_workflow(plan_file, workflow, enabled=not no_workflow))
     report = sync(targets, _paths(ctx), submission)
+    if as_json:
+        echo_json({"submission": report.submission, "changed": [str(c) for c in report.changed],
+                   "notes": report.notes})
+        return
     for note in report.notes:
         err_console().print(f"note: {note}")
     for change in report.changed:
@@ -563,14 +574,19 @@ def plan_sync(ctx: click.Context, plan_file: Path, tracker: Path | None, runs: P
               help="The plan's submission (set for gate jobs).")
 @click.option("--result-file", envvar="EXQ_RESULT_FILE", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the verdict here as JSON (set for gate jobs).")
+@JSON_OPTION
 @click.pass_context
-def plan_gate(ctx: click.Context, runs_file: Path, milestone: str, submission: str, result_file: Path | None) -> None:
+def plan_gate(ctx: click.Context, runs_file: Path, milestone: str, submission: str, result_file: Path | None,
+              as_json: bool) -> None:
     """Check a milestone's metric rules on its finished runs (what a plan's gate job runs); exit 1 if one fails."""
     from exq.bridge import plan as bridge
 
     checks = bridge.check_gate(_paths(ctx), runs_file, milestone, submission)
-    for check in checks:
-        console().print(f"{'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}")
+    if as_json:
+        echo_json(bridge.gate_result(milestone, checks))
+    else:
+        for check in checks:
+            console().print(f"{'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}")
     if result_file is not None:
         result_file.write_text(json.dumps(bridge.gate_result(milestone, checks), indent=2))
     if not all(check.passed for check in checks):

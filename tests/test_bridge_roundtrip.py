@@ -3,6 +3,7 @@ syncs the tracker, results, log and workflow gate; metric gates block later mile
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -127,6 +128,9 @@ def test_a_plan_runs_end_to_end_and_the_documents_follow(exq: Exq, project: Path
         again = exq_plan(exq, project, "sync", PLAN)
         assert again.returncode == 0, again.stderr
         assert "up to date" in again.stdout
+    synced = exq_plan(exq, project, "sync", PLAN, "--json")
+    assert synced.returncode == 0 and json.loads(synced.stdout)["changed"] == []
+    assert json.loads(synced.stdout)["submission"] == "1"
     assert files(project) == snapshot
 
 

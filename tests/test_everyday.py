@@ -271,13 +271,13 @@ def test_validate_run_and_report_speak_json(exq: Exq) -> None:
 
 def test_add_max_parallel_limits_the_running_jobs_of_its_label_across_submissions(exq: Exq) -> None:
     assert exq("add", "--max-parallel", "1", "--", "true", check=False).returncode == 2  # needs --label
-    keys = [added(exq, "--gpus", "0", "--label", "grp", "--max-parallel", "1", "--", "sleep", "0.6")
+    keys = [added(exq, "--gpus", "0", "--label", "grp", "--max-parallel", "1", "--", "sleep", "2")
             for _ in range(3)]
-    free = added(exq, "--gpus", "0", "--", "sleep", "0.6")
+    free = added(exq, "--gpus", "0", "--", "sleep", "2")
     exq.start_daemon()
     wait_until(lambda: job(exq, keys[1])["reason"] == "waiting: max_parallel 1 of label grp reached")
     exq("wait")
     spans = sorted((a["started_at"], a["ended_at"]) for k in keys for a in job(exq, k)["attempts"])
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
     first = min(s for s, _ in spans)
-    assert job(exq, free)["attempts"][0]["started_at"] < first + 0.6
+    assert job(exq, free)["attempts"][0]["started_at"] < first + 2
