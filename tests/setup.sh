@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs everything the test suite needs on a fresh Debian machine, then nothing is skipped:
-#   system packages: openssh-server (real sshd test hosts), systemd (systemd-analyze verify of the units)
+#   system packages: openssh-server (real sshd test hosts), systemd (systemd-analyze verify of the units),
+#   slurm-wlm and munge (a private single-node Slurm, tests/slurmcluster.py)
 #   a virtualenv .venv with exq, its dev tools and torch 2.13.0 (CPU; the exq.torch helper tests)
 # System packages need root (or sudo); without either it names what is missing and goes on.
 set -eu
@@ -10,6 +11,7 @@ missing=
 [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+{ [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null 2>&1; } || missing="$missing slurm-wlm munge"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; else sudo=none; fi
     if [ "$sudo" = none ]; then
