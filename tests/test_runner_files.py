@@ -33,8 +33,10 @@ from exq.workers.ssh import SshWorker
 T = TypeVar("T")
 GRACE = 0.5
 PAGE = 4096
-RESERVED = "pending".ljust(63) + "\n"
-"""What the runner reserves a record with (runner.sh: `reserve`)."""
+RESERVED = "pending".ljust(63, "~") + "\n"
+"""What the runner reserves a record with, in place (runner.sh: `reserve`)."""
+RESERVED_BEFORE = "pending".ljust(63) + "\n"
+"""What runners before it reserved a record with, in RECORD.tmp (renamed into place once written)."""
 ROOT_ONLY = pytest.mark.skipif(
     os.geteuid() != 0, reason="missing: root (a small tmpfs is mounted to fill the disk; CI runs the tests as root)")
 
@@ -194,7 +196,7 @@ def test_an_end_that_cannot_be_written_is_recorded_once_space_returns(
     (the attempt still looks running, never vanished) and records the end once there is room."""
     worker = disk_worker(disk)
     d = Path(worker.attempt_dir("s1", "j", 1))
-    req = LaunchRequest(str(d), f"rm {d / 'exit.tmp'}; {fill(disk)}; exit 0", str(tmp_path), {})
+    req = LaunchRequest(str(d), f"rm {d / 'exit'}; {fill(disk)}; exit 0", str(tmp_path), {})
 
     async def go() -> tuple[RunRecord, RunRecord]:
         launched = await worker.launch(req)
@@ -283,7 +285,21 @@ def test_readers_agree_on_every_state_of_an_attempt(runner_like: tuple[Path, int
 
     pid = "{runner} 4242 {now}".ljust(63) + "\n"
     ended = "0 {now}".ljust(63) + "\n"
-    reserved = {"claim": "runner {runner}\n", "pid.tmp": RESERVED, "exit.tmp": RESERVED}
+    # This runner: records reserved and written in place; a reader may catch a write half done.
+    now_reserved = {"claim": "runner {runner}\n", "pid": RESERVED, "exit": RESERVED}
+    record = state(True, now_reserved)
+    assert record.alive and record.runner_pid == live and record.pgid is None and not record.ended
+    half = "{runner} 42".ljust(10) + RESERVED[10:]
+    record = state(True, {**now_reserved, "pid": half})
+    assert record.alive and record.runner_pid == live and record.pgid is None
+    record = state(True, {**now_reserved, "pid": pid, "exit": ("0 " + str(now)[:5]).ljust(9) + RESERVED[9:]})
+    assert record.pgid == 4242 and record.started_at == now and not record.ended
+    record = state(False, {**now_reserved, "pid": pid})
+    assert not record.alive and not record.ended and record.exit_code is None
+    record = state(False, {**now_reserved, "pid": pid, "exit": ended})
+    assert record.exit_code == 0 and record.ended_at == now and record.pgid == 4242
+    # Runners before it: reserved in RECORD.tmp, renamed into place once written.
+    reserved = {"claim": "runner {runner}\n", "pid.tmp": RESERVED_BEFORE, "exit.tmp": RESERVED_BEFORE}
     assert state(True, {}) == RunRecord()
     assert state(True, {"claim": "tombstone\n"}) == RunRecord(claimed=True, tombstoned=True)
     assert state(False, {"claim": ""}) == RunRecord(claimed=True)  # created, not yet written

@@ -102,8 +102,15 @@ class AttemptReport:
     """Output globs that matched nothing."""
 
 
+RESERVED_PAD = "~"
+"""What runner.sh pads a reserved record with: no record holds one, so text with one is not (yet) a record."""
+
+
 def _fields(text: str | None, count: int) -> list[str] | None:
-    fields = (text or "").split()
+    """The fields of a whole record with at least `count` of them (None: missing, reserved or half written)."""
+    if text is None or RESERVED_PAD in text:
+        return None
+    fields = text.split()
     return fields if len(fields) >= count else None
 
 
@@ -112,10 +119,10 @@ def parse_record(read: Callable[[str], str | None], runner_alive: Callable[[int,
 
     Both workers read in this order: claim, pid, whether the runner lives (`runner_alive(pid,
     started_at)`), then the end, so that a runner seen gone has recorded its end already if it ever
-    will. runner.sh renames `pid` and `exit` into place whole; a reservation (`*.tmp`, "pending")
-    never parses as a record. While `exit` is missing and the runner is gone, `exit.tmp` counts if it
-    holds a whole record (the runner could rewrite it but not rename it); while the runner lives it
-    does not (it may be being written). Records of older runners (not padded) read the same.
+    will. runner.sh reserves `pid` and `exit` ("pending" padded with '~') and overwrites them in place in
+    one write: text with a '~' is a reservation, or a record half written, and never parses as one.
+    Records of older runners read the same: they wrote `*.tmp` and renamed it into place, so while `exit`
+    is missing and such a runner is gone, `exit.tmp` counts if it holds a whole record.
     """
     claim = read("claim")
     if claim is None:

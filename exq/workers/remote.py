@@ -87,17 +87,20 @@ ralive() {
     return 1
 }
 """
-# The record of attempt dir $1 in the order `parse_record` reads it: claim, pid, whether the runner
-# is alive (before the end, so that a runner seen dead has its end, if any, already written), exit,
-# and when that is missing and the runner dead, its reservation exit.tmp.
+# The record of attempt dir $1 in the order `parse_record` reads it: claim, pid (the runner's pid from
+# the claim while pid is only reserved), whether the runner is alive (before the end, so that a runner
+# seen dead has its end, if any, already written), exit, and when that is missing and the runner dead,
+# an older runner's exit.tmp.
 _REC = """\
 rec() {
     echo "$M dir"
     sec claim "$1/claim"
     sec pid "$1/pid"
     _p=
-    if [ -r "$1/pid" ]; then read -r _p _x 2>/dev/null < "$1/pid"
-    elif [ -r "$1/claim" ]; then read -r _w _p _x 2>/dev/null < "$1/claim"; [ "$_w" = runner ] || _p=; fi
+    [ ! -r "$1/pid" ] || read -r _p _x 2>/dev/null < "$1/pid"
+    case $_p in ''|*[!0-9]*)
+        _p=; [ ! -r "$1/claim" ] || { read -r _w _p _x 2>/dev/null < "$1/claim"; [ "$_w" = runner ] || _p=; } ;;
+    esac
     case $_p in ''|*[!0-9]*) _p= ;; esac
     _a=0
     if [ -n "$_p" ] && ralive "$_p" "$1"; then _a=1; fi
@@ -106,7 +109,16 @@ rec() {
     [ "$_a" = 1 ] || [ -e "$1/exit" ] || sec exit.tmp "$1/exit.tmp"
 }
 """
-_RECORD_LIB = _SEC + _RUNNING + _RALIVE + _REC
+# True when record file $1 holds a whole record: not missing, not a reservation, not half written
+# (runner.sh pads reservations with '~', which no record holds).
+_WHOLE = """\
+whole() {
+    _l=
+    read -r _l 2>/dev/null < "$1" || return 1
+    case $_l in ''|*'~'*) return 1 ;; esac
+}
+"""
+_RECORD_LIB = _SEC + _RUNNING + _RALIVE + _WHOLE + _REC
 
 _SETUP = """\
 cd || exit 1
@@ -144,7 +156,7 @@ nohup env "$@" setsid sh "$r" "$d" </dev/null >/dev/null 2>&1 &
 c=$!
 umask 077
 i=0
-while [ ! -e "$d/pid" ]; do
+while ! whole "$d/pid"; do
     [ "$(cat "$d/claim" 2>/dev/null)" = {TOMBSTONE} ] && break
     running "$c" || break
     if [ "$i" -ge {math.ceil(START_TIMEOUT / NAP)} ]; then
@@ -160,7 +172,7 @@ _KILL = f"""\
 d=$1; t=$2; p=; g=
 read -r p g _x 2>/dev/null < "$d/pid"
 case $p$g in ''|*[!0-9]*) echo "$M end"; exit 0 ;; esac
-if [ -e "$d/exit" ] && ! ralive "$p" "$d"; then echo "$M end"; exit 0; fi
+if whole "$d/exit" && ! ralive "$p" "$d"; then echo "$M end"; exit 0; fi
 kill -TERM "-$g" 2>/dev/null
 i=0
 while galive "$g"; do
@@ -260,7 +272,7 @@ def launch_command(runner: str, request: LaunchRequest, grace: float) -> str:
 def kill_command(attempt_dir: str, grace: float) -> str:
     """SIGTERM the job's group, SIGKILL it after `grace` s; nothing when the attempt has ended."""
     ticks = max(0, math.ceil(grace / KILL_NAP))
-    return _command("kill", _NAP + _RUNNING + _RALIVE + _GALIVE + _KILL, [attempt_dir, str(ticks)])
+    return _command("kill", _NAP + _RUNNING + _RALIVE + _WHOLE + _GALIVE + _KILL, [attempt_dir, str(ticks)])
 
 
 def tombstone_command(attempt_dir: str) -> str:

@@ -26,14 +26,15 @@
 #   log          the job's stdout and stderr, appended
 #   result.json  created empty when $EXQ_RESULT_FILE names it (the job writes its metrics there)
 #
-# A full disk: pid and exit are reserved when the attempt is claimed (RECORD.tmp, 64 bytes saying
-# "pending"). Recording overwrites those bytes in place with the record padded to the same width (no
-# new block), then renames RECORD.tmp to RECORD (no data block either), so RECORD appears whole or not
-# at all; the placeholder never parses as a record. An exit.tmp holding a whole record counts once the
-# runner is gone (it could rewrite it but not rename it). If even the rewrite fails (a copy-on-write
-# filesystem, an I/O error), the runner stays, so the attempt looks running rather than vanished, and
-# tries again every second for up to an hour, noting it in the log. The claim's exclusive create needs
-# no data block, its text and the reservations do: without room for them the job is not started.
+# A full disk: pid and exit are reserved when the attempt is claimed (64 bytes: "pending" padded with
+# '~'). Recording overwrites those bytes in place, in one write, with the record padded with spaces to
+# the same width: no new block is needed, and no rename (no process either). A reader that catches the
+# write half done sees some '~' still: no record holds one, so a record is whole or not there. If even
+# the rewrite fails (a copy-on-write filesystem, an I/O error), the runner stays, so the attempt looks
+# running rather than vanished, and tries again every second for up to an hour, noting it in the log.
+# The claim's exclusive create needs no data block, its text and the reservations do: without room for
+# them the job is not started. (Runners before this one renamed RECORD.tmp into place; readers still
+# take an exit.tmp holding a whole record once such a runner is gone.)
 #
 # The job runs in its own session and process group (PGID = its pid): the runner is in the
 # runner's own process group and a background child of a non-interactive shell is never a group
@@ -54,21 +55,19 @@ now() {
     esac
 }
 
-# Reserve record $1: its placeholder, as wide as any record, in $1.tmp.
+# Reserve record $1: its placeholder, as wide as any record, padded with '~'.
 reserve() {
-    printf '%-63s\n' pending > "$dir/$1.tmp"
+    printf '%s\n' pending~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~ > "$dir/$1"
 }
 
-# Write "$2" over the reservation of record $1, in place (`<>` does not truncate).
+# Write "$2" over the reservation of record $1, in place (`<>` does not truncate), in one write.
 rewrite() {
-    printf '%-63s\n' "$2" 1<> "$dir/$1.tmp"
+    printf '%-63s\n' "$2" 1<> "$dir/$1"
 }
 
-# Record the job's end ($ended); true once exit, or exit.tmp if the rename failed, holds it whole.
+# Record the job's end ($ended); true once exit holds it whole.
 record_end() {
-    rewrite exit "$ended" || return 1
-    mv -f "$dir/exit.tmp" "$dir/exit" || note "could not rename $dir/exit.tmp (it holds the exit status)"
-    return 0
+    rewrite exit "$ended"
 } 2>/dev/null
 
 # Append a line to the log, and say it on stderr (either may fail on a full disk).
@@ -143,7 +142,7 @@ esac
 now
 start=$t
 setsid $dflt sh -c '
-    { printf "%-63s\n" "$3 $$ $4" 1<> "$2/pid.tmp" && mv -f "$2/pid.tmp" "$2/pid"; } 2>/dev/null || {
+    { printf "%-63s\n" "$3 $$ $4" 1<> "$2/pid"; } 2>/dev/null || {
         echo "exq runner: cannot record the pid in $2 (disk full?): the job was not started"
         exit 3
     }
@@ -184,7 +183,10 @@ while :; do
 done
 
 # A job that never recorded its pid was not started: it has no exit status to record.
-if [ ! -e "$dir/pid" ]; then
+started=
+{ read -r started _ < "$dir/pid"; } 2>/dev/null
+case $started in ''|*[!0-9]*) started= ;; esac
+if [ -z "$started" ]; then
     note "the job was not started (exit status $status before its pid was recorded)"
     exit 3
 fi
