@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from exq.errors import ConfigError
 from exq.yamldoc import parse_document, read_document
@@ -29,7 +29,7 @@ class HostConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: Bool = True
-    kind: Literal["ssh"] = Field("ssh", description="How exq reaches the host (see exq.workers.WORKER_KINDS).")
+    kind: Literal["ssh", "slurm"] = Field("ssh", description="How exq reaches the host (see exq.workers.WORKER_KINDS).")
     address: Str | None = Field(None, description="Host name, address or ~/.ssh/config alias (default: the name).")
     port: Count | None = None
     user: Str | None = None
@@ -41,6 +41,23 @@ class HostConfig(BaseModel):
     keepalive_count: Count = 3
     connect_timeout: PosDuration = 15.0
     lost_timeout: Duration = Field(300.0, description="How long a host may be unreachable before its jobs move.")
+    partition: Str | None = Field(None, description="kind slurm: the partition jobs are submitted to.")
+    account: Str | None = Field(None, description="kind slurm: sbatch --account.")
+    qos: Str | None = Field(None, description="kind slurm: sbatch --qos.")
+    constraint: Str | None = Field(None, description="kind slurm: sbatch --constraint.")
+    sbatch_args: list[Str] = Field(default_factory=list, description="kind slurm: more sbatch options.")
+    cleanup_grace: PosDuration = Field(10.0, description="Seconds between SIGTERM and SIGKILL of a job's leftovers.")
+
+    @property
+    def shares_files(self) -> bool:
+        """Whether its attempts' files are on a filesystem this machine reads (a Slurm cluster's, shared)."""
+        return self.kind == "slurm"
+
+    @model_validator(mode="after")
+    def _slurm_needs_a_partition(self) -> HostConfig:
+        if self.kind == "slurm" and not self.partition:
+            raise ValueError("a host of kind slurm needs a partition (partition: NAME)")
+        return self
 
 
 class ExqConfig(BaseModel):

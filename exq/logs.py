@@ -27,8 +27,9 @@ class LogSource:
             host = load_config().hosts.get(self.host)
             if host is None:
                 raise ExqError(f"the log is on host {self.host}, which is no longer in exq's config")
-            self._runner = asyncio.Runner()
-            self._conn = self._runner.run(sshconn.connect(self.host, host))
+            if not host.shares_files:
+                self._runner = asyncio.Runner()
+                self._conn = self._runner.run(sshconn.connect(self.host, host))
 
     def read(self, offset: int) -> bytes:
         if self._runner is None or self._conn is None:

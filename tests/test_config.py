@@ -56,3 +56,15 @@ def test_local_takes_only_enabled_and_some_host_must_be_enabled(tmp_path: Path) 
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_slurm_host_needs_a_partition_and_takes_sbatch_settings(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "hosts:\n  cluster: {kind: slurm, partition: gpu, account: lab,\n"
+                                         "            sbatch_args: [--mem=8G]}\n"))
+    cluster = config.hosts["cluster"]
+    assert cluster.kind == "slurm" and cluster.partition == "gpu" and cluster.account == "lab"
+    assert cluster.sbatch_args == ["--mem=8G"] and cluster.shares_files
+    assert not load_config(write(tmp_path, "hosts:\n  h1: {address: h1}\n")).hosts["h1"].shares_files
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "hosts:\n  cluster:\n    kind: slurm\n"))
+    assert "a host of kind slurm needs a partition" in str(err.value) and ":3:" in str(err.value)

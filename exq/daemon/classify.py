@@ -107,6 +107,8 @@ def classify(
     code = record.exit_code
     if cancelled:
         return Outcome.CANCELLED, "cancelled"
+    if report.verdict is not None:
+        return report.verdict
     if timed_out:
         return Outcome.TIMEOUT, "timeout"
     if code is None:

@@ -12,7 +12,7 @@ from exq.daemon.classify import classify
 from exq.daemon.context import Context
 from exq.errors import ExqError
 from exq.model import contract
-from exq.model.events import Ended
+from exq.model.events import Ended, Started
 from exq.model.outcome import Outcome
 from exq.model.retry import next_step
 from exq.model.state import Attempt, Job, JobStatus
@@ -68,6 +68,8 @@ def _finish_attempt(ctx: Context, job: Job, report: AttemptReport) -> None:
                                transient=job.spec.retry.transient.match)
     now = time.time()
     step = next_step(job, outcome, reason, now)
+    if attempt.started_at is None and record.started_at is not None:  # a start seen only now (after a restart)
+        ctx.emit(Started(at=now, key=job.key, number=attempt.number, pid=record.pgid, started_at=record.started_at))
     ctx.emit(Ended(
         at=now, key=job.key, number=attempt.number, ended_at=record.ended_at or now,
         exit_code=record.exit_code, signal=record.signal, outcome=outcome, reason=reason,

@@ -75,7 +75,8 @@ class Launcher:
         try:
             request = LaunchRequest(
                 attempt_dir=attempt.dir, cmd=attempt.cmd, workdir=attempt.workdir or job.spec.workdir,
-                env=job_env(job, attempt), setup=job.spec.setup,
+                env=job_env(job, attempt), setup=job.spec.setup, gpus=job.spec.resources.gpus,
+                timeout=job.spec.resources.timeout,
             )
             record = await ctx.workers[attempt.host].launch(request)
         except Exception as exc:

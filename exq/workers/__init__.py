@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WORKER_KINDS", "AttemptReport", "Capabilities", "LaunchRequest", "RunRecord", "Worker", "make_worker"]
 
-WORKER_KINDS = {"ssh": "exq.workers.ssh"}
+WORKER_KINDS = {"ssh": "exq.workers.ssh", "slurm": "exq.workers.slurm"}
 """Each kind of configured host (`hosts.NAME.kind`) and the module whose `make_worker` serves it. A new
 backend is a new module here; it is imported only when a host of its kind is configured."""
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from exq.errors import ExqError
 from exq.gpus import GpuSnapshot
+from exq.model.outcome import Outcome
 
 RUNNER_PATH = Path(__file__).with_name("runner.sh")
 """The attempt runner every worker runs on its host (POSIX sh)."""
@@ -57,6 +58,10 @@ class LaunchRequest:
     """Variables added to the job's environment (CUDA_VISIBLE_DEVICES, EXQ_JOB_ID, ... and the manifest's)."""
     setup: str | None = None
     """Shell prefix run in the same shell before cmd (e.g. '. .venv/bin/activate')."""
+    gpus: int = 0
+    """How many GPUs the job needs (a worker whose host allocates GPUs itself asks for this many)."""
+    timeout: float | None = None
+    """The job's timeout in seconds (exq kills it then; a batch system may be given a limit too)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class AttemptReport:
     result_error: str | None = None
     missing_outputs: list[str] = field(default_factory=list)
     """Output globs that matched nothing."""
+    verdict: tuple[Outcome, str] | None = None
+    """How the host's own scheduler says the attempt ended, when that overrides its exit status (a batch
+    system ended it: its node failed, its time limit passed, someone else cancelled it)."""
 
 
 RESERVED_PAD = "~"

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import errno
 import functools
-import glob
 import os
 import signal
 import subprocess
@@ -21,19 +20,25 @@ import psutil
 
 from exq.errors import WorkerError
 from exq.gpus import GpuProbe, GpuSnapshot
+from exq.workers.attempts import (
+    log_tail,
+    make_private_dirs,
+    missing_paths,
+    read_result,
+    read_text,
+    runner_env,
+    write_tombstone,
+)
 from exq.workers.base import (
-    LOG_TAIL_BYTES,
     PEEK_LIMIT,
     RUNNER_PATH,
     START_TIMEOUT,
-    TOMBSTONE,
     AttemptReport,
     Capabilities,
     LaunchRefused,
     LaunchRequest,
     RunRecord,
     parse_record,
-    parse_result,
 )
 
 POLL_INTERVAL = 0.2
@@ -46,41 +51,6 @@ CREATE_TIME_SLACK = 2.0
 """A process created this long after the recorded start is not our runner (its pid was reused)."""
 
 
-_RUNNER_VARS = {"EXQ_RUNNER_CMD": "the command", "EXQ_RUNNER_SETUP": "the setup",
-                "EXQ_RUNNER_WORKDIR": "the workdir"}
-"""How a message names what reaches the job through these runner variables."""
-
-
-def _unusable(text: str) -> str | None:
-    """Why `text` cannot be an argument or environment entry of a process, else None."""
-    if "\0" in text:
-        return "contains a NUL byte (\\0)"
-    try:
-        os.fsencode(text)
-    except UnicodeEncodeError as exc:
-        return f"contains {text[exc.start]!r}, which is not encodable"
-    return None
-
-
-def _launch_problem(attempt_dir: Path, env: Mapping[str, str]) -> str | None:
-    """Why the runner cannot be started in `attempt_dir` with `env` (what exq adds to the daemon's own
-    environment, which is valid already), else None."""
-    if (why := _unusable(str(attempt_dir))) is not None:
-        return f"the attempt directory {why}"
-    for name, value in env.items():
-        if not name or "=" in name or _unusable(name) is not None:
-            return f"invalid environment variable name {name!r}"
-        if (why := _unusable(value)) is not None:
-            return f"{_RUNNER_VARS.get(name, f'environment variable {name}')} {why}"
-    return None
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
 
 
 def _runner_alive(pid: int, reference: float | None) -> bool:
@@ -110,7 +80,7 @@ def read_record(attempt_dir: str | Path, known: tuple[int, bool] | None = None) 
                 reference = os.stat(os.path.join(d, "claim")).st_mtime
         return _runner_alive(pid, reference)
 
-    return parse_record(lambda name: _read_text(os.path.join(d, name)), runner_alive)
+    return parse_record(lambda name: read_text(os.path.join(d, name)), runner_alive)
 
 
 def group_alive(pgid: int) -> bool:
@@ -133,67 +103,6 @@ def group_alive(pgid: int) -> bool:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-@functools.cache
-def _umask() -> int | None:
-    """This process's umask, read without changing it (Linux /proc); None when it cannot be read."""
-    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status", encoding="ascii") as f:
-        return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
-    return None
-
-
-def _make_dirs(path: Path) -> None:
-    """Create `path` and its missing parents with mode 0700 (whatever the umask)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    except FileNotFoundError:
-        _make_dirs(path.parent)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-    umask = _umask()
-    if umask is None or umask & 0o700:
-        os.chmod(path, 0o700)
-
-
-def workdir_problem(workdir: str, host: str) -> str | None:
-    """Why `workdir` (on `host`, this machine) cannot be a job's working directory, else None."""
-    if os.path.isdir(workdir):
-        return None
-    what = "is not a directory" if os.path.exists(workdir) else "does not exist"
-    return f"workdir {workdir} {what} on {host}"
-
-
-def missing_paths(workdir: str, globs: list[str]) -> list[str]:
-    """The globs that match nothing under `workdir` (`**` spans directories)."""
-    return [p for p in globs if not glob.glob(p, root_dir=workdir, recursive=True)]
-
-
-def _log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
-    """The last `size` bytes of the log, decoded (bytes that are not UTF-8 replaced)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def _read_result(path: Path, limit: int | None = None) -> tuple[dict[str, Any] | None, str | None]:
-    """The result file's JSON object, or why there is none; (None, None) when it is missing or over `limit` bytes."""
-    try:
-        with path.open("rb") as f:
-            if limit is not None and os.fstat(f.fileno()).st_size > limit:
-                return None, None
-            data = f.read()
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, f"cannot read result file {path}: {exc}"
-    return parse_result(data, str(path))
 
 
 _DETACHED: list[subprocess.Popen[bytes]] = []
@@ -325,20 +234,8 @@ class LocalWorker:
 
     async def launch(self, request: LaunchRequest) -> RunRecord:
         d = Path(os.path.abspath(request.attempt_dir))
-        added = {**self._probe.job_env, **request.env, **self.job_env}
-        added.update(
-            EXQ_RUNNER_CMD=request.cmd,
-            EXQ_RUNNER_WORKDIR=os.path.abspath(request.workdir),
-            EXQ_RUNNER_GRACE=f"{self.cleanup_grace:.1f}",
-            EXQ_RUNNER_DEFAULT_SIGNAL=_env_default_signal(),
-        )
-        if (umask := _umask()) is not None:
-            added["EXQ_RUNNER_UMASK"] = f"{umask:04o}"
-        if request.setup:
-            added["EXQ_RUNNER_SETUP"] = request.setup
-        problem = _launch_problem(d, added) or workdir_problem(added["EXQ_RUNNER_WORKDIR"], self.name)
-        if problem is not None:
-            raise LaunchRefused(problem)
+        added = runner_env(request, {**self._probe.job_env, **request.env, **self.job_env}, self.cleanup_grace,
+                           self.name, default_signal=_env_default_signal())
         env = {**os.environ, **added}
         if not request.setup:
             env.pop("EXQ_RUNNER_SETUP", None)
@@ -384,15 +281,7 @@ class LocalWorker:
             await asyncio.sleep(0.05)
 
     async def tombstone(self, attempt_dir: str) -> bool:
-        d = Path(attempt_dir)
-        _make_dirs(d)
-        try:
-            fd = os.open(d / "claim", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(TOMBSTONE + "\n")
-        return True
+        return write_tombstone(Path(attempt_dir))
 
     async def group_alive(self, pgid: int) -> bool:
         return group_alive(pgid)
@@ -401,11 +290,11 @@ class LocalWorker:
         self, attempt_dir: str, workdir: str, result_file: str, outputs: list[str]
     ) -> AttemptReport:
         d = Path(attempt_dir)
-        result, result_error = _read_result(Path(workdir, result_file))
+        result, result_error = read_result(Path(workdir, result_file))
         pid = self._reaped.pop(os.path.abspath(attempt_dir), None)
         return AttemptReport(
             record=read_record(d, None if pid is None else (pid, False)),
-            log_tail=_log_tail(d / "log"),
+            log_tail=log_tail(d / "log"),
             result=result,
             result_error=result_error,
             missing_outputs=missing_paths(workdir, outputs),
@@ -416,7 +305,7 @@ class LocalWorker:
 
     async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
         def peek() -> dict[str, dict[str, Any]]:
-            found = {path: _read_result(Path(path), PEEK_LIMIT)[0] for path in paths}
+            found = {path: read_result(Path(path), PEEK_LIMIT)[0] for path in paths}
             return {path: data for path, data in found.items() if data is not None}
 
         return await asyncio.to_thread(peek)
@@ -458,7 +347,7 @@ class LocalWorker:
         """Create the attempt dir and start the runner in a new session, stdin and stderr on /dev/null and
         stdout a pipe for its start line. (Not posix_spawn, which is cheaper but leaves glibc's internal
         signals ignored in the job.)"""
-        _make_dirs(attempt_dir)
+        make_private_dirs(attempt_dir)
         sh = "/bin/sh" if os.path.exists("/bin/sh") else "sh"
         try:
             proc = subprocess.Popen(
@@ -470,7 +359,7 @@ class LocalWorker:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        except ValueError as exc:  # what _launch_problem did not foresee
+        except ValueError as exc:  # what launch_problem did not foresee
             raise LaunchRefused(f"cannot start the runner for {attempt_dir}: {exc}") from exc
         except OSError as exc:
             if exc.errno == errno.E2BIG:

@@ -1,0 +1,255 @@
+"""The Slurm worker: a cluster is one more host. Each attempt is one Slurm batch job running the same
+runner.sh on a compute node, in an attempt directory on the filesystem the daemon's machine (the login node)
+shares with the compute nodes, so its claim, pid, exit and result files read as a local attempt's do.
+
+Slurm allocates the GPUs (`--gres=gpu:N`) and sets CUDA_VISIBLE_DEVICES; exq's probe of a Slurm host reports
+the partition's GPUs as slots, which bound how many jobs exq hands to Slurm, and never picks indices. One
+`squeue` call per poll covers every watched job. Jobs are submitted with `--no-requeue`: a node failure ends
+the attempt (lost, queued again by exq per `retry.lost`) rather than rerunning it in an attempt directory
+whose claim is taken. Across a daemon crash, an attempt is found by its Slurm job id (the `slurm` file in its
+directory) or, when sbatch may have run without that file being written, by its job name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from exq.config import HostConfig
+from exq.errors import WorkerError
+from exq.gpus import GpuInfo, GpuSnapshot
+from exq.model import contract
+from exq.model.outcome import Outcome
+from exq.slurm.client import RUNNING_STATES, SlurmClient, SlurmJob, local_runner, slurm_outcome
+from exq.workers.attempts import (
+    log_tail,
+    make_private_dirs,
+    missing_paths,
+    read_result,
+    read_text,
+    runner_env,
+    write_tombstone,
+)
+from exq.workers.base import (
+    PEEK_LIMIT,
+    RUNNER_PATH,
+    AttemptReport,
+    Capabilities,
+    LaunchRequest,
+    RunRecord,
+    parse_record,
+)
+
+log = logging.getLogger("exq.slurm")
+
+POLL = 1.0
+"""Seconds between two squeue calls (one call serves every attempt being watched)."""
+JOB_ID_FILE = "slurm"
+"""The attempt's Slurm job id, written once sbatch returned it."""
+TASK_SCRIPT = "task.sh"
+"""The batch script of the attempt: loads its runner variables, then runs runner.sh."""
+RUNNER_VARS_FILE = "launch.env"
+"""The runner's variables (the job's environment and EXQ_RUNNER_*), shell-quoted."""
+TIME_LIMIT_MARGIN = 60
+"""Seconds added to a job's timeout for Slurm's --time: exq kills it first; Slurm's limit holds while exq is down."""
+SLOT_MEMORY = 2**50
+"""The memory a slot reports: Slurm does not say per GPU, so any gpu_memory fits (the partition decides)."""
+WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", *RUNNING_STATES})
+"""Slurm states of a job that has not ended."""
+
+
+class SlurmWorker:
+    """The Worker for a Slurm partition reached from this machine (the login node)."""
+
+    capabilities = Capabilities()
+
+    def __init__(self, name: str, host: HostConfig, node_id: str, client: SlurmClient | None = None) -> None:
+        if not host.partition:
+            raise WorkerError(f"host {name}: kind slurm needs a partition")
+        self.name = name
+        self.host = host
+        self.client = client or SlurmClient(local_runner())
+        self.root = Path.home() / host.root / node_id
+        self.jobs = self.root / "jobs"
+        self._states: dict[str, SlurmJob] = {}
+        self._polled_at = 0.0
+        self._watched: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    # -- placement --------------------------------------------------------------------------------
+
+    def attempt_dir(self, submission: str, job_id: str, number: int) -> str:
+        return str(self.jobs / submission / job_id / str(number))
+
+    async def prepare_workdir(self, local: str, dest: str, exclude: list[str]) -> str:
+        """The compute nodes share this machine's filesystem: jobs run in the workdir itself."""
+        return local
+
+    async def probe(self) -> GpuSnapshot:
+        """The partition's GPUs as slots (Slurm picks the real ones)."""
+        info = await asyncio.to_thread(self.client.partition_info, self.host.partition or "")
+        total = info.gpus_total
+        slots = tuple(GpuInfo(index=i, uuid=f"slurm-{self.name}-{i}", name=f"{info.partition} slot",
+                              memory_total=SLOT_MEMORY, memory_used=0) for i in range(total))
+        message = (f"Slurm partition {info.partition}: {info.gpus_free}/{total} GPUs free"
+                   + ("" if info.available() else "; no usable node"))
+        return GpuSnapshot(backend="slurm", gpus=slots, taken_at=time.time(), message=message)
+
+    # -- launching --------------------------------------------------------------------------------
+
+    async def launch(self, request: LaunchRequest) -> RunRecord:
+        """Submit the attempt as a batch job, then wait (as long as Slurm keeps it pending) until its runner
+        recorded the job's start, or the job ended without starting."""
+        d = Path(request.attempt_dir)
+        env = {k: v for k, v in request.env.items() if k != "CUDA_VISIBLE_DEVICES"}  # Slurm sets it
+        added = runner_env(request, env, self.host.cleanup_grace, self.name)
+        make_private_dirs(d)
+        script = self._write_task(d, added)
+        limit = None if request.timeout is None else int(request.timeout) + TIME_LIMIT_MARGIN
+        host = self.host
+        job_id = await asyncio.to_thread(
+            self.client.submit, str(script), job_name=self.job_name(d), partition=host.partition or "",
+            gres_gpus=request.gpus, time_limit_s=limit, output=str(d / "slurm.out"),
+            extra_args=["--no-requeue", *host.sbatch_args], account=host.account, qos=host.qos,
+            constraint=host.constraint)
+        _write_private(d / JOB_ID_FILE, job_id + "\n")
+        while True:
+            record = await self.read(str(d))
+            if record.pgid is not None or not record.alive:
+                return record
+            await self._refresh()
+
+    def _write_task(self, d: Path, variables: dict[str, str]) -> Path:
+        """The attempt's runner variables and batch script, private, in its directory."""
+        runner = self.root / "runner.sh"
+        if not runner.exists() or runner.read_bytes() != RUNNER_PATH.read_bytes():
+            make_private_dirs(self.root)
+            shutil.copyfile(RUNNER_PATH, runner)
+        _write_private(d / RUNNER_VARS_FILE,
+                       "".join(f"export {name}={shlex.quote(value)}\n" for name, value in variables.items()))
+        script = d / TASK_SCRIPT
+        _write_private(script, f"#!/bin/sh\n. {shlex.quote(str(d / RUNNER_VARS_FILE))}\n"
+                               f"exec sh {shlex.quote(str(runner))} {shlex.quote(str(d))}\n")
+        return script
+
+    def job_name(self, d: Path) -> str:
+        """The Slurm job name of attempt directory `d`: found again by it after a crash."""
+        return f"exq:{d.relative_to(self.root)}"
+
+    # -- following ----------------------------------------------------------------------------------
+
+    async def wait(self, attempt_dir: str) -> RunRecord:
+        while True:
+            record = await self.read(attempt_dir)
+            if not record.alive:
+                return record
+            await self._refresh()
+
+    async def read(self, attempt_dir: str) -> RunRecord:
+        """The attempt's files, alive while Slurm has not ended its job. A job Slurm still holds counts as
+        claimed before its runner claimed it (it will, when it starts), so it is never tombstoned."""
+        d = Path(attempt_dir)
+        job = await self._job(d)
+        waiting = job is not None and job.state in WAITING_STATES
+        record = parse_record(lambda name: read_text(str(d / name)), lambda _pid, _started: waiting)
+        if not record.claimed and waiting:
+            return RunRecord(claimed=True, alive=True)
+        return record
+
+    async def _job(self, d: Path) -> SlurmJob | None:
+        """What Slurm says of the attempt's job now (None: no job, or Slurm has forgotten it)."""
+        job_id = _job_id(d)
+        if job_id is None:
+            found = await asyncio.to_thread(self.client.find_by_name, self.job_name(d))
+            if not found:
+                return None
+            job_id = found[-1]
+            _write_private(d / JOB_ID_FILE, job_id + "\n")
+        self._watched.add(job_id)
+        if job_id not in self._states or time.monotonic() - self._polled_at > POLL:
+            await self._refresh(at_once=job_id not in self._states)
+        job = self._states.get(job_id)
+        if job is not None and job.state not in WAITING_STATES:
+            self._watched.discard(job_id)
+        return job
+
+    async def _refresh(self, at_once: bool = False) -> None:
+        """One squeue call for every watched job, at most every POLL seconds (callers share it)."""
+        async with self._lock:
+            wait = POLL - (time.monotonic() - self._polled_at)
+            if wait > 0 and not at_once:
+                await asyncio.sleep(wait)
+            if time.monotonic() - self._polled_at < POLL / 2 and not at_once:
+                return  # another waiter polled meanwhile
+            ids = sorted(self._watched)
+            self._states.update(await asyncio.to_thread(self.client.states, ids) if ids else {})
+            self._polled_at = time.monotonic()
+
+    async def kill(self, attempt_dir: str, grace: float = 10.0) -> None:
+        """scancel the job: Slurm sends SIGTERM (the runner passes it to the job and records its end), then
+        SIGKILL after its KillWait."""
+        job_id = _job_id(Path(attempt_dir))
+        if job_id is not None:
+            await asyncio.to_thread(self.client.cancel, [job_id])
+
+    async def tombstone(self, attempt_dir: str) -> bool:
+        return write_tombstone(Path(attempt_dir))
+
+    async def group_alive(self, pgid: int) -> bool:
+        """Slurm ends every process of a job when it ends: no group outlives it."""
+        return False
+
+    async def report(self, attempt_dir: str, workdir: str, result_file: str, outputs: list[str]) -> AttemptReport:
+        d = Path(attempt_dir)
+        result, result_error = read_result(Path(workdir, result_file))
+        job = await self._job(d)
+        return AttemptReport(record=await self.read(attempt_dir), log_tail=log_tail(d / contract.LOG), result=result,
+                             result_error=result_error, missing_outputs=missing_paths(workdir, outputs),
+                             verdict=None if job is None else _verdict(job))
+
+    async def missing_paths(self, workdir: str, globs: list[str]) -> list[str]:
+        return await asyncio.to_thread(missing_paths, workdir, globs)
+
+    async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
+        def peek() -> dict[str, dict[str, Any]]:
+            found = {path: read_result(Path(path), PEEK_LIMIT)[0] for path in paths}
+            return {path: data for path, data in found.items() if data is not None}
+
+        return await asyncio.to_thread(peek)
+
+    async def close(self) -> None:
+        """Nothing to close: the jobs stay with Slurm."""
+
+
+def _verdict(job: SlurmJob) -> tuple[Outcome, str] | None:
+    """Slurm's word on how the job ended, when Slurm ended it (the runner's exit status then only says it was
+    signalled): its node failed, its time ran out, it was preempted or cancelled outside exq."""
+    mapped = slurm_outcome(job)
+    if mapped.phase == "requeued":
+        return Outcome.LOST, mapped.reason  # submitted with --no-requeue: exq runs it again (retry.lost)
+    if mapped.phase != "ended" or mapped.outcome is None:
+        return None
+    if mapped.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.KILLED) and job.state != "OUT_OF_MEMORY":
+        return None  # the runner's records say it better (exit code, signal, the log's OOM)
+    return mapped.outcome, mapped.reason
+
+
+def _job_id(d: Path) -> str | None:
+    text = read_text(str(d / JOB_ID_FILE))
+    return text.strip() or None if text is not None else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def make_worker(name: str, host: HostConfig, node_id: str) -> SlurmWorker:
+    return SlurmWorker(name, host, node_id)

@@ -1,0 +1,164 @@
+"""A Slurm partition as an exq host (kind: slurm), against a real single-node Slurm (tests/slurmcluster.py):
+a real daemon submits each attempt with sbatch, follows it with squeue, and classifies it from the runner's
+files on the shared filesystem. Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Exq, wait_until
+from slurmcluster import SlurmCluster, slurm_cluster  # noqa: F401  (slurm_cluster: the `slurm` fixture)
+
+TIMEOUT = 120.0
+
+
+@pytest.fixture
+def cluster_exq(exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> Exq:
+    """The `exq` fixture with one host, `cluster`, of kind slurm (this machine's own jobs disabled)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"hosts:\n  local: {{enabled: false}}\n"
+                      f"  cluster: {{kind: slurm, partition: {slurm.partition}, root: {tmp_path / 'exq-root'}}}\n")
+    exq.env.update(slurm.env, EXQ_CONFIG=str(config))
+    exq.env.pop("EXQ_SIMULATE_GPUS", None)
+    return exq
+
+
+def slurm_jobs(slurm: SlurmCluster) -> list[str]:
+    """Names of every job Slurm knows (squeue keeps ended ones for MinJobAge)."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j"], env=slurm.env, capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("exq:")]
+
+
+def test_a_two_phase_grid_runs_through_slurm_with_its_gpus(cluster_exq: Exq, slurm: SlurmCluster,
+                                                           tmp_path: Path) -> None:
+    exq = cluster_exq
+    manifest = exq.manifest(f"""
+        name: grid
+        workdir: {tmp_path}
+        phases:
+          - name: train
+            gpus: 2
+            grid: {{x: [1, 2]}}
+            id: "t{{x}}"
+            cmd: 'echo "$CUDA_VISIBLE_DEVICES" > gpus-{{x}}.txt'
+          - name: eval
+            gpus: 1
+            after: [train]
+            match: [x]
+            grid: {{x: [1, 2]}}
+            id: "e{{x}}"
+            cmd: "echo evaluated {{x}}"
+    """)
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    jobs = exq.jobs()
+    for key in ("t1", "t2"):
+        attempt = jobs[key]["attempts"][0]
+        assert attempt["host"] == "cluster" and attempt["started_at"] and attempt["ended_at"]
+    for x in (1, 2):  # Slurm gave each two GPUs
+        assert len((tmp_path / f"gpus-{x}.txt").read_text().strip().split(",")) == 2
+    assert exq("logs", "e2").stdout == "evaluated 2\n"
+    names = slurm_jobs(slurm)
+    assert len([n for n in names if "/grid" not in n]) >= 4 and len(set(names)) == len(names)
+    assert exq("hosts", "--json", check=False).returncode == 0
+
+
+def test_a_cuda_oom_is_retried_with_a_smaller_batch_on_slurm(cluster_exq: Exq, tmp_path: Path) -> None:
+    exq = cluster_exq
+    manifest = exq.manifest(f"""
+        name: oom
+        workdir: {tmp_path}
+        id: fit
+        params: {{batch: 32}}
+        retry: {{oom: {{max: 3, backoff: 0}}}}
+        on_oom: {{scale: {{param: batch, factor: 0.5}}}}
+        cmd: 'if [ {{batch}} -gt 16 ]; then echo "torch.cuda.OutOfMemoryError: CUDA out of memory" >&2; exit 1; fi'
+    """)
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    attempts = exq.jobs()["fit"]["attempts"]
+    assert [a["outcome"] for a in attempts] == ["oom", "succeeded"]
+    assert [a["params"]["batch"] for a in attempts] == [32, 16]
+
+
+def test_cancel_scancels_a_running_job(cluster_exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> None:
+    exq = cluster_exq
+    manifest = exq.manifest(f"name: c\nworkdir: {tmp_path}\ngpus: 1\nid: long\ncmd: sleep 300\n")
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    wait_until(lambda: exq.jobs()["long"]["attempts"] and exq.jobs()["long"]["attempts"][0]["started_at"],
+               TIMEOUT, 0.5)
+    exq("cancel", "long")
+    wait_until(lambda: exq.jobs()["long"]["status"] == "cancelled", TIMEOUT, 0.5)
+    job_id = (Path(exq.jobs()["long"]["attempts"][0]["dir"]) / "slurm").read_text().strip()
+    state = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], env=slurm.env,
+                           capture_output=True, text=True, timeout=30).stdout.strip()
+    assert state in ("CANCELLED", "COMPLETED", "FAILED", "")  # not running any more
+
+
+def test_kill9_of_the_daemon_with_jobs_pending_and_running_reattaches_them_and_runs_each_once(
+        cluster_exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> None:
+    exq = cluster_exq
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    manifest = exq.manifest(f"""
+        name: crash
+        workdir: {tmp_path}
+        gpus: 2
+        grid: {{i: [0, 1, 2, 3]}}
+        id: "j{{i}}"
+        cmd: 'echo run >> {marks}/{{i}}; sleep 4'
+    """)
+    # Someone else's job holds 2 of the 4 GPUs: of the two jobs exq hands to Slurm (4 slots, 2 GPUs each),
+    # one runs and one waits in Slurm's queue (the other two wait in exq's).
+    subprocess.run(["sbatch", f"--partition={slurm.partition}", "--gres=gpu:2", "--job-name=other", "--wrap",
+                    "sleep 10"], env=slurm.env, check=True, capture_output=True, timeout=30)
+    exq("submit", str(manifest))
+    daemon = exq.start_daemon()
+
+    def one_running_one_pending() -> bool:
+        out = subprocess.run(["squeue", "-h", "-o", "%j %T"], env=slurm.env, capture_output=True, text=True,
+                             timeout=30).stdout
+        states = sorted(line.split()[1] for line in out.splitlines() if line.startswith("exq:"))
+        return states == ["PENDING", "RUNNING"] and len(list(marks.iterdir())) == 1
+
+    wait_until(one_running_one_pending, TIMEOUT, 0.2)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait(10)
+    exq.start_daemon()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    assert sorted(p.name for p in marks.iterdir()) == ["0", "1", "2", "3"]
+    assert all(p.read_text() == "run\n" for p in marks.iterdir())  # each ran exactly once
+    names = slurm_jobs(slurm)
+    crash_jobs = [n for n in names if "/j" in n]
+    assert len(crash_jobs) == 4, names  # none submitted twice
+    results = json.loads(exq("status", "--json").stdout)
+    assert all(len(j["attempts"]) == 1 for j in results["jobs"])
+
+
+def test_a_node_taken_down_mid_run_ends_the_attempt_lost_and_the_job_runs_again_once_back(
+        cluster_exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> None:
+    exq = cluster_exq
+    runs = tmp_path / "runs"
+    manifest = exq.manifest(f"name: n\nworkdir: {tmp_path}\ngpus: 1\nid: job\ncmd: 'echo run >> {runs}; sleep 8'\n")
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    wait_until(lambda: runs.exists(), TIMEOUT, 0.2)
+    try:
+        slurm.down()
+        wait_until(lambda: [a["outcome"] for a in exq.jobs()["job"]["attempts"]][:1] == ["lost"], TIMEOUT, 0.5)
+        assert exq.jobs()["job"]["status"] in ("queued", "running")  # retry.lost takes it again
+    finally:
+        slurm.resume()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    attempts = exq.jobs()["job"]["attempts"]
+    assert [a["outcome"] for a in attempts] == ["lost", "succeeded"]
+    assert runs.read_text() == "run\nrun\n"  # the second run is the one that completed
