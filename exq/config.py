@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from exq.errors import ConfigError
 from exq.yamldoc import parse_document, read_document
-from exq.yamlfields import Bool, Count, Duration, Name, PosDuration, Str
+from exq.yamlfields import Bool, Count, Duration, Name, PosDuration, PositiveInt, Str
 
 LOCAL = "local"
 
@@ -46,6 +46,8 @@ class HostConfig(BaseModel):
     qos: Str | None = Field(None, description="kind slurm: sbatch --qos.")
     constraint: Str | None = Field(None, description="kind slurm: sbatch --constraint.")
     sbatch_args: list[Str] = Field(default_factory=list, description="kind slurm: more sbatch options.")
+    slots: PositiveInt = Field(1024, description="kind slurm: at most this many GPUs' worth of exq jobs in Slurm "
+                                                 "at once, queued or running (Slurm's queue holds them).")
     cleanup_grace: PosDuration = Field(10.0, description="Seconds between SIGTERM and SIGKILL of a job's leftovers.")
 
     @property

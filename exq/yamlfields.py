@@ -77,6 +77,8 @@ Factor = Annotated[float, leaf("a number >= 1", lambda v: is_num(v) and v >= 1, 
 Fraction = Annotated[float, leaf("a number between 0 and 1 (exclusive)",
                                   lambda v: is_num(v) and 0 < v < 1, float,
                                   accepts=Annotated[float, Field(gt=0, lt=1)])]
+PositiveInt = Annotated[int, leaf("an integer >= 1", lambda v: is_int(v) and v >= 1,
+                                 accepts=Annotated[int, Field(ge=1)])]
 NonNegNumber = Annotated[float, leaf("a number >= 0", lambda v: is_num(v) and v >= 0,
                                      accepts=Annotated[float, Field(ge=0)])]
 Size = Annotated[int, units(parse_size)]

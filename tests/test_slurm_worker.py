@@ -28,11 +28,14 @@ def cluster_exq(exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> Exq:
     return exq
 
 
-def slurm_jobs(slurm: SlurmCluster) -> list[str]:
-    """Names of every job Slurm knows (squeue keeps ended ones for MinJobAge)."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j"], env=slurm.env, capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return [line for line in out.splitlines() if line.startswith("exq:")]
+def slurm_tasks(slurm: SlurmCluster, tmp_path: Path) -> list[tuple[str, str, str]]:
+    """(job id, name, state) of every array task the test's daemon submitted that Slurm knows (squeue keeps
+    ended ones for MinJobAge; other tests' batches are left out)."""
+    ours = {f"exq:{script.stem}" for script in (tmp_path / "exq-root").glob("*/batches/*.sh")}
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i %j %T"], env=slurm.env, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    tasks = [line.split() for line in out.splitlines()]
+    return [(t[0], t[1], t[2]) for t in tasks if len(t) == 3 and t[1] in ours]
 
 
 def test_a_two_phase_grid_runs_through_slurm_with_its_gpus(cluster_exq: Exq, slurm: SlurmCluster,
@@ -65,9 +68,10 @@ def test_a_two_phase_grid_runs_through_slurm_with_its_gpus(cluster_exq: Exq, slu
     for x in (1, 2):  # Slurm gave each two GPUs
         assert len((tmp_path / f"gpus-{x}.txt").read_text().strip().split(",")) == 2
     assert exq("logs", "e2").stdout == "evaluated 2\n"
-    names = slurm_jobs(slurm)
-    assert len([n for n in names if "/grid" not in n]) >= 4 and len(set(names)) == len(names)
-    assert exq("hosts", "--json", check=False).returncode == 0
+    tasks = slurm_tasks(slurm, tmp_path)
+    assert len(tasks) == 4 and len({t[1] for t in tasks}) <= 3  # the train phase as one array
+    hosts = json.loads(exq("hosts", "--json").stdout)
+    assert hosts[0]["name"] == "cluster" and hosts[0]["backend"] == "slurm" and "GPUs free" in hosts[0]["message"]
 
 
 def test_a_cuda_oom_is_retried_with_a_smaller_batch_on_slurm(cluster_exq: Exq, tmp_path: Path) -> None:
@@ -117,29 +121,26 @@ def test_kill9_of_the_daemon_with_jobs_pending_and_running_reattaches_them_and_r
         id: "j{{i}}"
         cmd: 'echo run >> {marks}/{{i}}; sleep 4'
     """)
-    # Someone else's job holds 2 of the 4 GPUs: of the two jobs exq hands to Slurm (4 slots, 2 GPUs each),
-    # one runs and one waits in Slurm's queue (the other two wait in exq's).
+    # Someone else's job holds 2 of the 4 GPUs: of the four jobs exq hands to Slurm (2 GPUs each, one array),
+    # one runs and three wait in Slurm's queue.
     subprocess.run(["sbatch", f"--partition={slurm.partition}", "--gres=gpu:2", "--job-name=other", "--wrap",
                     "sleep 10"], env=slurm.env, check=True, capture_output=True, timeout=30)
     exq("submit", str(manifest))
     daemon = exq.start_daemon()
 
-    def one_running_one_pending() -> bool:
-        out = subprocess.run(["squeue", "-h", "-o", "%j %T"], env=slurm.env, capture_output=True, text=True,
-                             timeout=30).stdout
-        states = sorted(line.split()[1] for line in out.splitlines() if line.startswith("exq:"))
-        return states == ["PENDING", "RUNNING"] and len(list(marks.iterdir())) == 1
+    def one_running_three_pending() -> bool:
+        states = sorted(state for _, _, state in slurm_tasks(slurm, tmp_path))
+        return states == ["PENDING", "PENDING", "PENDING", "RUNNING"] and len(list(marks.iterdir())) == 1
 
-    wait_until(one_running_one_pending, TIMEOUT, 0.2)
+    wait_until(one_running_three_pending, TIMEOUT, 0.2)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(10)
     exq.start_daemon()
     assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
     assert sorted(p.name for p in marks.iterdir()) == ["0", "1", "2", "3"]
     assert all(p.read_text() == "run\n" for p in marks.iterdir())  # each ran exactly once
-    names = slurm_jobs(slurm)
-    crash_jobs = [n for n in names if "/j" in n]
-    assert len(crash_jobs) == 4, names  # none submitted twice
+    tasks = slurm_tasks(slurm, tmp_path)
+    assert len(tasks) == 4 and len({t[1] for t in tasks}) == 1, tasks  # one array, none submitted twice
     results = json.loads(exq("status", "--json").stdout)
     assert all(len(j["attempts"]) == 1 for j in results["jobs"])
 
@@ -162,3 +163,17 @@ def test_a_node_taken_down_mid_run_ends_the_attempt_lost_and_the_job_runs_again_
     attempts = exq.jobs()["job"]["attempts"]
     assert [a["outcome"] for a in attempts] == ["lost", "succeeded"]
     assert runs.read_text() == "run\nrun\n"  # the second run is the one that completed
+
+
+@pytest.mark.timeout(600)
+def test_a_grid_of_200_jobs_goes_in_as_one_array(cluster_exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> None:
+    exq = cluster_exq
+    values = ", ".join(map(str, range(200)))
+    manifest = exq.manifest(f"name: wide\nworkdir: {tmp_path}\ngpus: 1\ngrid: {{i: [{values}]}}\nid: 'w{{i}}'\n"
+                            "cmd: 'true'\n")
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    assert exq("wait", "--timeout", "600", timeout=660).returncode == 0
+    tasks = slurm_tasks(slurm, tmp_path)
+    assert len(tasks) == 200 and len({name for _, name, _ in tasks}) == 1  # one sbatch
+    assert {state for _, _, state in tasks} == {"COMPLETED"}

@@ -58,10 +58,10 @@ from exq.yamlfields import (
     Name,
     NonNegNumber,
     PosDuration,
+    PositiveInt,
     Regex,
     Size,
     Str,
-    is_int,
     leaf,
     units,
 )
@@ -115,8 +115,6 @@ def _positive_size(value: int) -> int:
     return value
 
 
-PositiveInt = Annotated[int, leaf("an integer >= 1", lambda v: is_int(v) and v >= 1,
-                                 accepts=Annotated[int, Field(ge=1)])]
 GpuIndices = Annotated[list[Count], AfterValidator(_gpu_indices)]
 PositiveSize = Annotated[int, units(parse_size), AfterValidator(_positive_size)]
 

@@ -3,11 +3,14 @@ runner.sh on a compute node, in an attempt directory on the filesystem the daemo
 shares with the compute nodes, so its claim, pid, exit and result files read as a local attempt's do.
 
 Slurm allocates the GPUs (`--gres=gpu:N`) and sets CUDA_VISIBLE_DEVICES; exq's probe of a Slurm host reports
-the partition's GPUs as slots, which bound how many jobs exq hands to Slurm, and never picks indices. One
+`slots` GPU slots (how many GPUs' worth of exq jobs Slurm may hold at once, queued or running: Slurm's queue
+is the buffer) and never picks indices. The attempts launched within BATCH_WINDOW that need the same GPUs and
+time limit go in as one job array, each task finding its attempt directory in the batch's map file. One
 `squeue` call per poll covers every watched job. Jobs are submitted with `--no-requeue`: a node failure ends
 the attempt (lost, queued again by exq per `retry.lost`) rather than rerunning it in an attempt directory
 whose claim is taken. Across a daemon crash, an attempt is found by its Slurm job id (the `slurm` file in its
-directory) or, when sbatch may have run without that file being written, by its job name.
+directory) or, when sbatch may have run without that file being written, by its batch's job name and its
+index there (`slurm.pending`, written before sbatch).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import shlex
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +55,11 @@ log = logging.getLogger("exq.slurm")
 POLL = 1.0
 """Seconds between two squeue calls (one call serves every attempt being watched)."""
 JOB_ID_FILE = "slurm"
-"""The attempt's Slurm job id, written once sbatch returned it."""
-TASK_SCRIPT = "task.sh"
-"""The batch script of the attempt: loads its runner variables, then runs runner.sh."""
+"""The attempt's Slurm job id (`ARRAY_TASK`), written once sbatch returned it."""
+PENDING_FILE = "slurm.pending"
+"""`BATCH_NAME INDEX`: the array the attempt goes in as task INDEX, written before sbatch."""
+BATCH_WINDOW = 0.05
+"""Seconds the first launch of a batch waits for others to join it (one placement pass launches at once)."""
 RUNNER_VARS_FILE = "launch.env"
 """The runner's variables (the job's environment and EXQ_RUNNER_*), shell-quoted."""
 TIME_LIMIT_MARGIN = 60
@@ -81,6 +87,8 @@ class SlurmWorker:
         self._polled_at = 0.0
         self._watched: set[str] = set()
         self._lock = asyncio.Lock()
+        self._batches: dict[tuple[int, int | None], list[tuple[Path, asyncio.Future[str]]]] = {}
+        """Launches waiting to go in as one array, by (GPUs, time limit)."""
 
     # -- placement --------------------------------------------------------------------------------
 
@@ -94,30 +102,26 @@ class SlurmWorker:
     async def probe(self) -> GpuSnapshot:
         """The partition's GPUs as slots (Slurm picks the real ones)."""
         info = await asyncio.to_thread(self.client.partition_info, self.host.partition or "")
-        total = info.gpus_total
         slots = tuple(GpuInfo(index=i, uuid=f"slurm-{self.name}-{i}", name=f"{info.partition} slot",
-                              memory_total=SLOT_MEMORY, memory_used=0) for i in range(total))
-        message = (f"Slurm partition {info.partition}: {info.gpus_free}/{total} GPUs free"
+                              memory_total=SLOT_MEMORY, memory_used=0) for i in range(self.host.slots))
+        message = (f"Slurm partition {info.partition}: {len(info.nodes)} node(s), {info.gpus_free}/{info.gpus_total} "
+                   f"GPUs free; exq keeps up to {self.host.slots} GPUs of jobs there"
                    + ("" if info.available() else "; no usable node"))
         return GpuSnapshot(backend="slurm", gpus=slots, taken_at=time.time(), message=message)
 
     # -- launching --------------------------------------------------------------------------------
 
     async def launch(self, request: LaunchRequest) -> RunRecord:
-        """Submit the attempt as a batch job, then wait (as long as Slurm keeps it pending) until its runner
-        recorded the job's start, or the job ended without starting."""
+        """Submit the attempt (with the others launched with it, as one array), then wait (as long as Slurm keeps
+        it pending) until its runner recorded the job's start, or the job ended without starting."""
         d = Path(request.attempt_dir)
         env = {k: v for k, v in request.env.items() if k != "CUDA_VISIBLE_DEVICES"}  # Slurm sets it
         added = runner_env(request, env, self.host.cleanup_grace, self.name)
         make_private_dirs(d)
-        script = self._write_task(d, added)
+        _write_private(d / RUNNER_VARS_FILE,
+                       "".join(f"export {name}={shlex.quote(value)}\n" for name, value in added.items()))
         limit = None if request.timeout is None else int(request.timeout) + TIME_LIMIT_MARGIN
-        host = self.host
-        job_id = await asyncio.to_thread(
-            self.client.submit, str(script), job_name=self.job_name(d), partition=host.partition or "",
-            gres_gpus=request.gpus, time_limit_s=limit, output=str(d / "slurm.out"),
-            extra_args=["--no-requeue", *host.sbatch_args], account=host.account, qos=host.qos,
-            constraint=host.constraint)
+        job_id = await self._join_batch(d, request.gpus, limit)
         _write_private(d / JOB_ID_FILE, job_id + "\n")
         while True:
             record = await self.read(str(d))
@@ -125,22 +129,62 @@ class SlurmWorker:
                 return record
             await self._refresh()
 
-    def _write_task(self, d: Path, variables: dict[str, str]) -> Path:
-        """The attempt's runner variables and batch script, private, in its directory."""
+    async def _join_batch(self, d: Path, gpus: int, limit: int | None) -> str:
+        """The job id (`ARRAY_TASK`) of attempt `d` once its batch was submitted."""
+        key = (gpus, limit)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        batch = self._batches.setdefault(key, [])
+        batch.append((d, future))
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_later(BATCH_WINDOW, self._submit_soon, key)
+        return await future
+
+    def _submit_soon(self, key: tuple[int, int | None]) -> None:
+        batch = self._batches.pop(key, [])
+        if batch:
+            task = asyncio.ensure_future(self._submit(batch, *key))
+            task.add_done_callback(lambda done: done.exception() if not done.cancelled() else None)
+
+    async def _submit(self, batch: list[tuple[Path, asyncio.Future[str]]], gpus: int, limit: int | None) -> None:
+        """One sbatch --array for the batch; each attempt's future gets its task's id (or the error)."""
+        try:
+            name, script = self._write_batch([d for d, _ in batch])
+            host = self.host
+            array_id = await asyncio.to_thread(
+                self.client.submit, str(script), job_name=name, partition=host.partition or "", gres_gpus=gpus,
+                time_limit_s=limit, output=str(script.with_suffix(".%a.out")), array=len(batch),
+                extra_args=["--no-requeue", *host.sbatch_args], account=host.account, qos=host.qos,
+                constraint=host.constraint)
+        except Exception as exc:  # every launch of the batch fails with it, as one launch would
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for index, (_, future) in enumerate(batch):
+            if not future.done():
+                future.set_result(f"{array_id}_{index}")
+
+    def _write_batch(self, dirs: list[Path]) -> tuple[str, Path]:
+        """The batch's name, map file and script (private, under the worker's root), and each attempt's note
+        of its place in it: an array task reads its attempt directory from line TASK+1 of the map."""
         runner = self.root / "runner.sh"
         if not runner.exists() or runner.read_bytes() != RUNNER_PATH.read_bytes():
             make_private_dirs(self.root)
             shutil.copyfile(RUNNER_PATH, runner)
-        _write_private(d / RUNNER_VARS_FILE,
-                       "".join(f"export {name}={shlex.quote(value)}\n" for name, value in variables.items()))
-        script = d / TASK_SCRIPT
-        _write_private(script, f"#!/bin/sh\n. {shlex.quote(str(d / RUNNER_VARS_FILE))}\n"
-                               f"exec sh {shlex.quote(str(runner))} {shlex.quote(str(d))}\n")
-        return script
-
-    def job_name(self, d: Path) -> str:
-        """The Slurm job name of attempt directory `d`: found again by it after a crash."""
-        return f"exq:{d.relative_to(self.root)}"
+        batches = self.root / "batches"
+        make_private_dirs(batches)
+        name = f"exq:{uuid.uuid4().hex[:12]}"
+        stem = batches / name.removeprefix("exq:")
+        _write_private(stem.with_suffix(".map"), "".join(f"{d}\n" for d in dirs))
+        script = stem.with_suffix(".sh")
+        mapped = shlex.quote(str(stem.with_suffix(".map")))
+        _write_private(script, "#!/bin/sh\n"
+                               f'd=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {mapped})\n'
+                               f'. "$d/{RUNNER_VARS_FILE}"\n'
+                               f'exec sh {shlex.quote(str(runner))} "$d"\n')
+        for index, d in enumerate(dirs):
+            _write_private(d / PENDING_FILE, f"{name} {index}\n")
+        return name, script
 
     # -- following ----------------------------------------------------------------------------------
 
@@ -166,10 +210,13 @@ class SlurmWorker:
         """What Slurm says of the attempt's job now (None: no job, or Slurm has forgotten it)."""
         job_id = _job_id(d)
         if job_id is None:
-            found = await asyncio.to_thread(self.client.find_by_name, self.job_name(d))
+            pending = (read_text(str(d / PENDING_FILE)) or "").split()
+            if len(pending) != 2:
+                return None  # never submitted
+            found = await asyncio.to_thread(self.client.find_by_name, pending[0])
             if not found:
                 return None
-            job_id = found[-1]
+            job_id = f"{found[-1]}_{pending[1]}"
             _write_private(d / JOB_ID_FILE, job_id + "\n")
         self._watched.add(job_id)
         if job_id not in self._states or time.monotonic() - self._polled_at > POLL:
@@ -180,13 +227,15 @@ class SlurmWorker:
         return job
 
     async def _refresh(self, at_once: bool = False) -> None:
-        """One squeue call for every watched job, at most every POLL seconds (callers share it)."""
+        """One squeue call for every watched job, at most every POLL seconds unless `at_once`; every caller
+        waiting meanwhile is served by the same call."""
+        asked = time.monotonic()
         async with self._lock:
+            if self._polled_at > asked:
+                return  # polled after this caller asked
             wait = POLL - (time.monotonic() - self._polled_at)
             if wait > 0 and not at_once:
                 await asyncio.sleep(wait)
-            if time.monotonic() - self._polled_at < POLL / 2 and not at_once:
-                return  # another waiter polled meanwhile
             ids = sorted(self._watched)
             self._states.update(await asyncio.to_thread(self.client.states, ids) if ids else {})
             self._polled_at = time.monotonic()
