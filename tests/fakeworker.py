@@ -230,5 +230,9 @@ class FakeWorker:
     async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
         return {}
 
+    def waiting(self) -> dict[str, str]:
+        """Nothing waits in a queue of the host's own: a launch starts the job."""
+        return {}
+
     async def close(self) -> None:
         self.calls.append(Call("close"))

@@ -133,6 +133,9 @@ def test_kill9_of_the_daemon_with_jobs_pending_and_running_reattaches_them_and_r
         return states == ["PENDING", "PENDING", "PENDING", "RUNNING"] and len(list(marks.iterdir())) == 1
 
     wait_until(one_running_three_pending, TIMEOUT, 0.2)
+    # exq status says why they have not started: Slurm's own reason
+    wait_until(lambda: sum(str(j["reason"]).startswith("pending in Slurm (") for j in exq.jobs().values()) == 3,
+               TIMEOUT, 0.5)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(10)
     exq.start_daemon()
@@ -177,3 +180,25 @@ def test_a_grid_of_200_jobs_goes_in_as_one_array(cluster_exq: Exq, slurm: SlurmC
     tasks = slurm_tasks(slurm, tmp_path)
     assert len(tasks) == 200 and len({name for _, name, _ in tasks}) == 1  # one sbatch
     assert {state for _, _, state in tasks} == {"COMPLETED"}
+
+
+def test_one_manifest_spreads_over_this_machine_and_the_slurm_host(exq: Exq, slurm: SlurmCluster,
+                                                                    tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"hosts:\n  cluster: {{kind: slurm, partition: {slurm.partition}, root: {tmp_path / 'root'}}}\n")
+    exq.env.update(slurm.env, EXQ_CONFIG=str(config), EXQ_SIMULATE_GPUS="1x24GiB")
+    manifest = exq.manifest(f"""
+        name: both
+        workdir: {tmp_path}
+        phases:
+          - {{name: here, hosts: [local], gpus: 1, grid: {{i: [0, 1]}}, id: "h{{i}}", cmd: "sleep 1"}}
+          - {{name: there, hosts: [cluster], gpus: 1, grid: {{i: [0, 1]}}, id: "c{{i}}", cmd: "sleep 1"}}
+          - {{name: after, after: [here, there], gpus: 1, id: done, cmd: "echo all done"}}
+    """)
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    jobs = exq.jobs()
+    assert {jobs[k]["attempts"][0]["host"] for k in ("h0", "h1")} == {"local"}
+    assert {jobs[k]["attempts"][0]["host"] for k in ("c0", "c1")} == {"cluster"}
+    assert exq("logs", "done").stdout == "all done\n"

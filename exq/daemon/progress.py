@@ -106,3 +106,15 @@ def apply_progress(ctx: Context, reads: ProgressReads) -> None:
         if progress is not job.progress:
             job.progress = progress
             ctx.store.touch()
+
+
+def note_waiting(ctx: Context) -> None:
+    """Say why launched jobs have not started, when their host's own queue holds them (advisory)."""
+    waits = {d: why for worker in ctx.workers.values() for d, why in worker.waiting().items()}
+    if not waits:
+        return
+    for key in ctx.reservations:
+        job = ctx.store.ledger.jobs[key]
+        attempt = job.current_attempt
+        if attempt is not None and attempt.started_at is None and (why := waits.get(attempt.dir)) is not None:
+            ctx.note(job, why)

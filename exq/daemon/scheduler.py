@@ -28,7 +28,7 @@ from exq.daemon.hostwatch import HostWatch
 from exq.daemon.ingest import apply_requests, ingest
 from exq.daemon.launch import Launcher
 from exq.daemon.place import Placer
-from exq.daemon.progress import ProgressReads, apply_progress, running_peeks
+from exq.daemon.progress import ProgressReads, apply_progress, note_waiting, running_peeks
 from exq.daemon.recover import recover
 from exq.daemon.settle import settle
 from exq.daemon.waitfor import PathWaits
@@ -190,6 +190,7 @@ class Scheduler:
         apply_requests(ctx, self._launcher.kill)
         await finish_ended(ctx, self._launcher.attach)
         apply_progress(ctx, self._progress)
+        note_waiting(ctx)
         block_dependants(ctx)
         self._launcher.check_timeouts()
         self._hostwatch.check_lost_hosts()

@@ -77,8 +77,7 @@ class Ledger:
             case Launched():
                 self._launched(event)
             case Started():
-                attempt = self.jobs[event.key].attempts[event.number - 1]
-                attempt.pid, attempt.started_at = event.pid, event.started_at
+                self._started(event)
             case Ended():
                 self._ended(event)
             case Blocked():
@@ -188,6 +187,13 @@ class Ledger:
             self.queued[job.key] = job
         else:
             self.queued.pop(job.key, None)
+
+    def _started(self, event: Started) -> None:
+        job = self.jobs[event.key]
+        attempt = job.attempts[event.number - 1]
+        attempt.pid, attempt.started_at = event.pid, event.started_at
+        if event.started_at is not None:
+            job.reason = None  # no longer waiting in its host's own queue
 
     def _set_control(self, event: HoldSet | PrioritySet | PausedSet) -> None:
         """A pause or resume of the queue, or a hold, release or priority change of some jobs."""

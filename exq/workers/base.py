@@ -235,4 +235,9 @@ class Worker(Protocol):
         """
         ...
 
+    def waiting(self) -> dict[str, str]:
+        """Attempts launched here that the host's own queue still holds (a batch system), and why, by attempt
+        directory: what was last seen, without asking the host again."""
+        ...
+
     async def close(self) -> None: ...

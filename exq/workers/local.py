@@ -310,6 +310,10 @@ class LocalWorker:
 
         return await asyncio.to_thread(peek)
 
+    def waiting(self) -> dict[str, str]:
+        """Nothing waits in a queue of the host's own: a launch starts the job."""
+        return {}
+
     async def close(self) -> None:
         """Stop watching runners (they keep running) and close the probe."""
         _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]

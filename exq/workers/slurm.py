@@ -86,6 +86,8 @@ class SlurmWorker:
         self._states: dict[str, SlurmJob] = {}
         self._polled_at = 0.0
         self._watched: set[str] = set()
+        self._dirs: dict[str, str] = {}
+        """Attempt directory of each watched job id."""
         self._lock = asyncio.Lock()
         self._batches: dict[tuple[int, int | None], list[tuple[Path, asyncio.Future[str]]]] = {}
         """Launches waiting to go in as one array, by (GPUs, time limit)."""
@@ -219,12 +221,23 @@ class SlurmWorker:
             job_id = f"{found[-1]}_{pending[1]}"
             _write_private(d / JOB_ID_FILE, job_id + "\n")
         self._watched.add(job_id)
+        self._dirs[job_id] = str(d)
         if job_id not in self._states or time.monotonic() - self._polled_at > POLL:
             await self._refresh(at_once=job_id not in self._states)
         job = self._states.get(job_id)
         if job is not None and job.state not in WAITING_STATES:
             self._watched.discard(job_id)
+            self._dirs.pop(job_id, None)
         return job
+
+    def waiting(self) -> dict[str, str]:
+        """The attempts Slurm still keeps pending, with its reason (as of the last poll)."""
+        found: dict[str, str] = {}
+        for job_id, d in self._dirs.items():
+            job = self._states.get(job_id)
+            if job is not None and job.state == "PENDING":
+                found[d] = f"pending in Slurm ({job.reason or 'queued'}), job {job_id}"
+        return found
 
     async def _refresh(self, at_once: bool = False) -> None:
         """One squeue call for every watched job, at most every POLL seconds unless `at_once`; every caller

@@ -404,6 +404,10 @@ class SshWorker:
         found = remote.parse_peek(out, list(remote_paths))
         return {remote_paths[path]: value for path, value in found.items()}
 
+    def waiting(self) -> dict[str, str]:
+        """Nothing waits in a queue of the host's own: a launch starts the job."""
+        return {}
+
     async def close(self) -> None:
         """Stop polling (waiters are cancelled; jobs keep running) and close the connection."""
         for task in (self._poller, self._events):
