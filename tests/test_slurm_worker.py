@@ -202,3 +202,19 @@ def test_one_manifest_spreads_over_this_machine_and_the_slurm_host(exq: Exq, slu
     assert {jobs[k]["attempts"][0]["host"] for k in ("h0", "h1")} == {"local"}
     assert {jobs[k]["attempts"][0]["host"] for k in ("c0", "c1")} == {"cluster"}
     assert exq("logs", "done").stdout == "all done\n"
+
+
+def test_hosts_and_doctor_report_the_partition_and_whether_sbatch_takes_jobs(cluster_exq: Exq,
+                                                                            slurm: SlurmCluster) -> None:
+    exq = cluster_exq
+    host = json.loads(exq("hosts", "--json").stdout)[0]
+    assert host["up"] and host["backend"] == "slurm"
+    assert f"Slurm partition {slurm.partition}: 1 node(s), 4/4 GPUs free" in host["message"]
+    assert "sbatch refuses" not in host["message"]
+    doctor = exq("doctor", "--json", check=False)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+    assert checks["host cluster"]["status"] == "ok" and "Slurm partition" in checks["host cluster"]["detail"]
+    config = Path(exq.env["EXQ_CONFIG"])
+    config.write_text(config.read_text().replace("partition: gpu", "partition: nosuch"))
+    broken = json.loads(exq("hosts", "--json", check=False).stdout)[0]
+    assert "no usable node" in broken["message"] and "sbatch refuses a one-GPU job" in broken["message"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -24,6 +25,10 @@ TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 108
               172800, 604800)
 """Candidate spacings of the time axis' ticks, in seconds."""
 
+
+IDLE_LANES_MAX = 64
+"""A host's GPUs that ran nothing get a lane only when it has at most this many (a Slurm host reports its
+slots, hundreds of them, as GPUs)."""
 
 @dataclass(frozen=True)
 class Bar:
@@ -155,10 +160,13 @@ def build(state: QueueState, submission: str | None = None, now: float | None = 
     start = min(starts, default=now)
     end = max([b.end for b in bars] + [start], default=now)
     keys = {(b.host, b.gpu) for b in bars}
-    if submission is None:
-        keys |= {(g.host, g.index) for g in state.gpus}
-    lanes = [_lane(host, gpu, [b for b in bars if (b.host, b.gpu) == (host, gpu)], start, end)
-             for host, gpu in sorted(keys, key=_lane_order)]
+    if submission is None:  # idle GPUs too, of hosts with few enough to draw (not a batch system's slots)
+        per_host = Counter(g.host for g in state.gpus)
+        keys |= {(g.host, g.index) for g in state.gpus if per_host[g.host] <= IDLE_LANES_MAX}
+    by_lane: dict[tuple[str, int | None], list[Bar]] = {}
+    for bar in bars:
+        by_lane.setdefault((bar.host, bar.gpu), []).append(bar)
+    lanes = [_lane(host, gpu, by_lane.get((host, gpu), []), start, end) for host, gpu in sorted(keys, key=_lane_order)]
     phases = [_phase_stats(s.id, phase, [j for j in jobs if j.submission == s.id and j.phase == phase], now)
               for s in subs for phase in s.phases]
     return Timeline(start, end, lanes, phases, [f"{s.id} {s.name}" for s in subs], ticks(start, end))

@@ -414,6 +414,12 @@ class SlurmClient:
         if ids:
             self._call(["scancel", *ids], "scancel")
 
+    def test_submit(self, partition: str, extra_args: Sequence[str] = ()) -> str | None:
+        """Why sbatch would refuse a one-GPU job on `partition` (`sbatch --test-only`); None when it would take it."""
+        code, out, err = self._run(["sbatch", "--test-only", f"--partition={partition}", "--gres=gpu:1",
+                                    *extra_args, "--wrap", "true"])
+        return None if code == 0 else (err.strip() or out.strip() or f"sbatch --test-only exited {code}")
+
     def partition_info(self, partition: str) -> PartitionInfo:
         """The partition's nodes, their states and GPUs (total, allocated) as sinfo reports them."""
         out = self._call(["sinfo", "-h", "-N", "-p", partition, "-O", _format(SINFO_FIELDS)], "sinfo")

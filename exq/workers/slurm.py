@@ -86,6 +86,8 @@ class SlurmWorker:
         self._states: dict[str, SlurmJob] = {}
         self._polled_at = 0.0
         self._watched: set[str] = set()
+        self._sbatch_refuses: str | None = None
+        """Why `sbatch --test-only` refused a one-GPU job ("": it did not), asked at the first probe."""
         self._dirs: dict[str, str] = {}
         """Attempt directory of each watched job id."""
         self._lock = asyncio.Lock()
@@ -104,11 +106,15 @@ class SlurmWorker:
     async def probe(self) -> GpuSnapshot:
         """The partition's GPUs as slots (Slurm picks the real ones)."""
         info = await asyncio.to_thread(self.client.partition_info, self.host.partition or "")
+        if self._sbatch_refuses is None:  # asked once: whether sbatch takes a job there at all
+            why = await asyncio.to_thread(self.client.test_submit, info.partition, self.host.sbatch_args)
+            self._sbatch_refuses = why or ""
         slots = tuple(GpuInfo(index=i, uuid=f"slurm-{self.name}-{i}", name=f"{info.partition} slot",
                               memory_total=SLOT_MEMORY, memory_used=0) for i in range(self.host.slots))
         message = (f"Slurm partition {info.partition}: {len(info.nodes)} node(s), {info.gpus_free}/{info.gpus_total} "
                    f"GPUs free; exq keeps up to {self.host.slots} GPUs of jobs there"
-                   + ("" if info.available() else "; no usable node"))
+                   + ("" if info.available() else "; no usable node")
+                   + (f"; sbatch refuses a one-GPU job: {self._sbatch_refuses}" if self._sbatch_refuses else ""))
         return GpuSnapshot(backend="slurm", gpus=slots, taken_at=time.time(), message=message)
 
     # -- launching --------------------------------------------------------------------------------
