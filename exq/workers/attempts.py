@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from exq.workers.base import LOG_TAIL_BYTES, TOMBSTONE, LaunchRefused, LaunchRequest, parse_result
+from exq.workers.base import LOG_TAIL_BYTES, PEEK_LIMIT, TOMBSTONE, LaunchRefused, LaunchRequest, parse_result
 
 _RUNNER_VARS = {"EXQ_RUNNER_CMD": "the command", "EXQ_RUNNER_SETUP": "the setup",
                 "EXQ_RUNNER_WORKDIR": "the workdir"}
@@ -30,6 +30,13 @@ def unusable_text(text: str) -> str | None:
     except UnicodeEncodeError as exc:
         return f"contains {text[exc.start]!r}, which is not encodable"
     return None
+
+
+def peek_results(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """The JSON objects these result files hold now, by path (live progress: unreadable, oversized or
+    not-an-object files left out)."""
+    found = {path: read_result(Path(path), PEEK_LIMIT)[0] for path in paths}
+    return {path: data for path, data in found.items() if data is not None}
 
 
 def write_tombstone(attempt_dir: Path) -> bool:

@@ -24,13 +24,13 @@ from exq.workers.attempts import (
     log_tail,
     make_private_dirs,
     missing_paths,
+    peek_results,
     read_result,
     read_text,
     runner_env,
     write_tombstone,
 )
 from exq.workers.base import (
-    PEEK_LIMIT,
     RUNNER_PATH,
     START_TIMEOUT,
     AttemptReport,
@@ -304,11 +304,7 @@ class LocalWorker:
         return await asyncio.to_thread(missing_paths, os.path.abspath(workdir), globs)
 
     async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
-        def peek() -> dict[str, dict[str, Any]]:
-            found = {path: read_result(Path(path), PEEK_LIMIT)[0] for path in paths}
-            return {path: data for path, data in found.items() if data is not None}
-
-        return await asyncio.to_thread(peek)
+        return await asyncio.to_thread(peek_results, paths)
 
     def waiting(self) -> dict[str, str]:
         """Nothing waits in a queue of the host's own: a launch starts the job."""

@@ -35,13 +35,13 @@ from exq.workers.attempts import (
     log_tail,
     make_private_dirs,
     missing_paths,
+    peek_results,
     read_result,
     read_text,
     runner_env,
     write_tombstone,
 )
 from exq.workers.base import (
-    PEEK_LIMIT,
     RUNNER_PATH,
     AttemptReport,
     Capabilities,
@@ -285,11 +285,7 @@ class SlurmWorker:
         return await asyncio.to_thread(missing_paths, workdir, globs)
 
     async def peek_results(self, paths: list[str]) -> dict[str, dict[str, Any]]:
-        def peek() -> dict[str, dict[str, Any]]:
-            found = {path: read_result(Path(path), PEEK_LIMIT)[0] for path in paths}
-            return {path: data for path, data in found.items() if data is not None}
-
-        return await asyncio.to_thread(peek)
+        return await asyncio.to_thread(peek_results, paths)
 
     async def close(self) -> None:
         """Nothing to close: the jobs stay with Slurm."""
