@@ -218,3 +218,34 @@ def test_hosts_and_doctor_report_the_partition_and_whether_sbatch_takes_jobs(clu
     config.write_text(config.read_text().replace("partition: gpu", "partition: nosuch"))
     broken = json.loads(exq("hosts", "--json", check=False).stdout)[0]
     assert "no usable node" in broken["message"] and "sbatch refuses a one-GPU job" in broken["message"]
+
+
+def test_more_launches_than_slurm_takes_in_one_array_go_in_as_several(tmp_path: Path) -> None:
+    """Slurm's default MaxArraySize takes 1,000 tasks: 1,001 attempts launched together are two arrays."""
+    import asyncio
+
+    from exq.config import HostConfig
+    from exq.workers.slurm import SlurmWorker
+
+    class Client:
+        def __init__(self) -> None:
+            self.arrays: list[int] = []
+
+        def submit(self, script: str, **options: object) -> str:
+            self.arrays.append(int(str(options["array"])))
+            return str(len(self.arrays))
+
+    client = Client()
+    worker = SlurmWorker("c", HostConfig(kind="slurm", partition="gpu", root=str(tmp_path / "r")), "node",
+                         client=client)
+    dirs = [tmp_path / "r" / "jobs" / str(i) for i in range(1001)]
+    for d in dirs:
+        d.mkdir(parents=True)
+
+    async def launch_all() -> list[str]:
+        return await asyncio.gather(*(worker._join_batch(d, 1, None) for d in dirs))
+
+    ids = asyncio.run(launch_all())
+    assert client.arrays == [1000, 1]
+    assert ids[0] == "1_0" and ids[999] == "1_999" and ids[1000] == "2_0"
+    assert (dirs[1000] / "slurm.pending").read_text().split()[1] == "0"

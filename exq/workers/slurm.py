@@ -60,6 +60,8 @@ PENDING_FILE = "slurm.pending"
 """`BATCH_NAME INDEX`: the array the attempt goes in as task INDEX, written before sbatch."""
 BATCH_WINDOW = 0.05
 """Seconds the first launch of a batch waits for others to join it (one placement pass launches at once)."""
+ARRAY_MAX = 1000
+"""Tasks per array at most: Slurm's default MaxArraySize (1001) allows indices 0-1000."""
 RUNNER_VARS_FILE = "launch.env"
 """The runner's variables (the job's environment and EXQ_RUNNER_*), shell-quoted."""
 TIME_LIMIT_MARGIN = 60
@@ -149,8 +151,8 @@ class SlurmWorker:
 
     def _submit_soon(self, key: tuple[int, int | None]) -> None:
         batch = self._batches.pop(key, [])
-        if batch:
-            task = asyncio.ensure_future(self._submit(batch, *key))
+        for first in range(0, len(batch), ARRAY_MAX):
+            task = asyncio.ensure_future(self._submit(batch[first:first + ARRAY_MAX], *key))
             task.add_done_callback(lambda done: done.exception() if not done.cancelled() else None)
 
     async def _submit(self, batch: list[tuple[Path, asyncio.Future[str]]], gpus: int, limit: int | None) -> None:
