@@ -104,7 +104,7 @@ def plan(ledger: Ledger, req: ControlRequest, now: float, busy: Collection[str] 
 
 
 def _skipped(count: int) -> str:
-    return f" ({count} running or ended: left as they are)" if count else ""
+    return f" ({count} left as they are: running, ended or already so)" if count else ""
 
 
 def _restart(ledger: Ledger, jobs: list[Job], req: ControlRequest, now: float) -> ControlPlan:
