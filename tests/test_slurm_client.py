@@ -21,6 +21,7 @@ from exq.slurm.client import (
     parse_exit_status,
     parse_sacct,
     parse_sinfo,
+    requeued_outcome,
     slurm_outcome,
 )
 
@@ -180,9 +181,13 @@ def test_node_down_requeues_its_jobs_or_loses_them(slurm: SlurmCluster, submit: 
     info = slurm_client.partition_info(slurm.partition)
     assert not info.available() and info.gpus_free == 0 and info.gpus_total == slurm.gpus
 
+    assert slurm_client.requeue_cause(requeued) == "NODE_FAIL"  # sacct tells a failed node from a requeue
+    assert requeued_outcome(jobs[requeued], "NODE_FAIL") == (Outcome.LOST, "its node failed (Slurm NODE_FAIL)")
+
     slurm.resume()
-    jobs = wait_states(slurm_client, phase_is("running", requeued), [requeued])  # after Slurm's requeue delay
-    assert jobs[requeued].restarts == 1
+    # after Slurm's requeue delay it runs again; to exq that run is still one Slurm took back
+    jobs = wait_states(slurm_client, lambda j: j[requeued].state == "RUNNING", [requeued])
+    assert jobs[requeued].restarts == 1 and slurm_outcome(jobs[requeued]).phase == "requeued"
 
 
 def test_scontrol_requeue_maps_to_requeued(slurm: SlurmCluster, submit: Callable[..., str]) -> None:
@@ -192,7 +197,22 @@ def test_scontrol_requeue_maps_to_requeued(slurm: SlurmCluster, submit: Callable
     slurm.run("scontrol", "requeue", job)
     jobs = wait_states(slurm_client, phase_is("requeued", job), [job])
     outcome = slurm_outcome(jobs[job])
-    assert outcome.outcome is None and not outcome.resubmit and "requeued by Slurm (1x)" in outcome.reason
+    assert outcome.outcome is None and "requeued by Slurm (1x)" in outcome.reason
+    assert slurm_client.requeue_cause(job) is None
+    assert requeued_outcome(jobs[job], None)[0] == Outcome.PREEMPTED  # run again, not a failure
+
+
+def test_requeue_cause_reads_every_run_from_an_accounting_database() -> None:
+    """With slurmdbd, `sacct -D` lists each run of a requeued job; the last one that ended names the cause."""
+    calls: list[list[str]] = []
+
+    def run(argv: Sequence[str]) -> tuple[int, str, str]:
+        calls.append(list(argv))
+        return 0, ("7|7|NODE_FAIL|0:0||n1|exq:a\n7|7|REQUEUED|0:15||n2|exq:a\n7|7|PENDING|0:0|BeginTime||exq:a\n"), ""
+
+    assert SlurmClient(run).requeue_cause("7") == "REQUEUED"
+    assert "-D" in calls[0] and calls[0][-2:] == ["-j", "7"]
+    assert requeued_outcome(SlurmJob("7", "PREEMPTED"), None) == (Outcome.PREEMPTED, "preempted by Slurm")
 
 
 def test_find_by_name_and_partition_info(slurm: SlurmCluster, submit: Callable[..., str]) -> None:
@@ -236,13 +256,15 @@ def test_submit_failure_carries_sbatchs_words(slurm: SlurmCluster, tmp_path: Pat
     (SlurmJob("1", "FAILED", signal=9),
      SlurmOutcome("ended", Outcome.KILLED, None, "killed by signal 9 (Slurm FAILED)")),
     (SlurmJob("1", "OUT_OF_MEMORY", exit_code=0),
-     SlurmOutcome("ended", Outcome.KILLED, 0, "out of host memory (Slurm OUT_OF_MEMORY)")),
+     SlurmOutcome("ended", Outcome.HOST_OOM, 0, "out of host memory (Slurm OUT_OF_MEMORY): ask for more with "
+                                                "--mem in the host's sbatch_args")),
     (SlurmJob("1", "TIMEOUT"), SlurmOutcome("ended", Outcome.TIMEOUT, None, "time limit reached (Slurm TIMEOUT)")),
     (SlurmJob("1", "NODE_FAIL"), SlurmOutcome("ended", Outcome.LOST, None, "its node failed (Slurm NODE_FAIL)")),
-    (SlurmJob("1", "PREEMPTED"), SlurmOutcome("requeued", reason="preempted", resubmit=True)),
+    (SlurmJob("1", "PREEMPTED"), SlurmOutcome("requeued", reason="preempted")),
     (SlurmJob("1", "REQUEUED"), SlurmOutcome("requeued", reason="requeued by Slurm (REQUEUED)")),
     (SlurmJob("1", "PENDING", reason="BeginTime", restarts=2),
      SlurmOutcome("requeued", reason="requeued by Slurm (2x): BeginTime")),
+    (SlurmJob("1", "CANCELLED", restarts=1), SlurmOutcome("requeued", reason="requeued by Slurm (1x)")),
     (SlurmJob("1", "CANCELLED", cancelled_by="1000"),
      SlurmOutcome("ended", Outcome.CANCELLED, None, "cancelled in Slurm by 1000")),
 ])

@@ -168,6 +168,47 @@ def test_a_node_taken_down_mid_run_ends_the_attempt_lost_and_the_job_runs_again_
     assert runs.read_text() == "run\nrun\n"  # the second run is the one that completed
 
 
+def test_a_job_slurm_requeues_runs_again_at_once_without_using_a_retry(cluster_exq: Exq, slurm: SlurmCluster,
+                                                                       tmp_path: Path) -> None:
+    """Preemption as an admin or a preempting job makes it: `scontrol requeue` of the running job. No retry is
+    allowed, so only a requeue that counts against no budget lets the job succeed."""
+    exq = cluster_exq
+    runs = tmp_path / "runs"
+    manifest = exq.manifest(f"""
+        name: p
+        workdir: {tmp_path}
+        gpus: 1
+        id: job
+        retry: {{failure: {{max: 0}}, lost: {{max: 0}}}}
+        cmd: 'echo run >> {runs}; sleep 6'
+    """)
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    wait_until(lambda: runs.exists(), TIMEOUT, 0.2)
+    first = Path(exq.jobs()["job"]["attempts"][0]["dir"])
+    job_id = (first / "slurm").read_text().strip()
+    slurm.run("scontrol", "requeue", job_id)
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    job = exq.jobs()["job"]
+    assert [a["outcome"] for a in job["attempts"]] == ["preempted", "succeeded"]
+    assert "requeued by Slurm" in job["attempts"][0]["reason"]
+    assert job["failure_retries"] == job["lost_retries"] == 0
+    assert runs.read_text() == "run\nrun\n"  # the cut run and the whole one: Slurm's requeued copy never ran
+    state = slurm.run("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T").stdout.strip()
+    assert state == "CANCELLED"  # exq took the requeued job back from Slurm
+
+
+def test_a_job_past_its_timeout_on_slurm_ends_timed_out(cluster_exq: Exq, tmp_path: Path) -> None:
+    exq = cluster_exq
+    manifest = exq.manifest(f"name: t\nworkdir: {tmp_path}\ngpus: 1\nid: slow\ntimeout: 2s\n"
+                            "retry: {failure: {max: 0}}\ncmd: sleep 120\n")
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    assert exq("wait", "--timeout", str(TIMEOUT), check=False).returncode == 1
+    attempt = exq.jobs()["slow"]["attempts"][0]
+    assert attempt["outcome"] == "timeout" and exq.jobs()["slow"]["status"] == "failed"
+
+
 @pytest.mark.timeout(600)
 def test_a_grid_of_200_jobs_goes_in_as_one_array(cluster_exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> None:
     exq = cluster_exq

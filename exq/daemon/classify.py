@@ -107,10 +107,10 @@ def classify(
     code = record.exit_code
     if cancelled:
         return Outcome.CANCELLED, "cancelled"
+    if timed_out:  # exq ended it: the host's word on the kill (a Slurm CANCELLED) says less
+        return Outcome.TIMEOUT, "timeout"
     if report.verdict is not None:
         return report.verdict
-    if timed_out:
-        return Outcome.TIMEOUT, "timeout"
     if code is None:
         return Outcome.LOST, "runner vanished without recording an exit status"
     if code == OOM_EXIT_CODE:

@@ -15,6 +15,8 @@ class Outcome(StrEnum):
     TRANSIENT = "transient"
     """Failed (exit code or signal) with a log tail matching one of the job's `retry.transient.match`."""
     TIMEOUT = "timeout"
+    HOST_OOM = "host_oom"
+    """Ended for want of host memory (RAM), e.g. Slurm's OUT_OF_MEMORY: its memory limit was reached."""
     KILLED = "killed"
     """Killed by a signal exq did not send."""
     FAILED = "failed"
@@ -22,4 +24,7 @@ class Outcome(StrEnum):
     OUTPUTS_MISSING = "outputs_missing"
     LOST = "lost"
     """The runner vanished without recording an exit status."""
+    PREEMPTED = "preempted"
+    """Its host took the run back (Slurm preempted or requeued it): run again at once, counted against no
+    retry budget, since the job did nothing wrong."""
     CANCELLED = "cancelled"

@@ -27,6 +27,8 @@ def next_step(job: Job, outcome: Outcome, reason: str, now: float) -> NextStep:
         return NextStep(JobStatus.SUCCEEDED, reason)
     if outcome == Outcome.CANCELLED:
         return NextStep(JobStatus.CANCELLED, reason)
+    if outcome == Outcome.PREEMPTED:
+        return NextStep(JobStatus.QUEUED, reason, now)
     if outcome == Outcome.OOM:
         return _oom_step(job, reason, now)
     if outcome == Outcome.TRANSIENT:

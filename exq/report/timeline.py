@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 CPU = None
 """The `gpu` of a host's CPU lane (jobs with `gpus: 0`)."""
-FAILURES = frozenset({"failed", "timeout", "killed", "outputs_missing", "lost", "transient"})
+FAILURES = frozenset({"failed", "timeout", "killed", "outputs_missing", "lost", "transient", "host_oom"})
 """Outcomes drawn as failures (OOM has a mark of its own)."""
 TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
               172800, 604800)

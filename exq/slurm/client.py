@@ -130,8 +130,6 @@ class SlurmOutcome:
     """How it ended (phase `ended` only)."""
     exit_code: int | None = None
     reason: str = ""
-    resubmit: bool = False
-    """For `requeued`: Slurm will not run it again itself (PREEMPTED, ended); exq must submit it again."""
 
 
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING",
@@ -143,7 +141,8 @@ ENDED_OUTCOMES = {
     "NODE_FAIL": (Outcome.LOST, "its node failed (Slurm NODE_FAIL)"),
     "BOOT_FAIL": (Outcome.LOST, "its node failed to boot (Slurm BOOT_FAIL)"),
     "LAUNCH_FAILED": (Outcome.LOST, "Slurm could not launch it (LAUNCH_FAILED)"),
-    "OUT_OF_MEMORY": (Outcome.KILLED, "out of host memory (Slurm OUT_OF_MEMORY)"),
+    "OUT_OF_MEMORY": (Outcome.HOST_OOM, "out of host memory (Slurm OUT_OF_MEMORY): ask for more with --mem "
+                                        "in the host's sbatch_args"),
     "REVOKED": (Outcome.CANCELLED, "revoked by Slurm (federation)"),
 }
 
@@ -151,22 +150,33 @@ ENDED_OUTCOMES = {
 def slurm_outcome(job: SlurmJob) -> SlurmOutcome:
     """Map Slurm's state to exq's: queued, running, requeued (not a failure) or ended with an Outcome.
 
-    OUT_OF_MEMORY (host RAM, the cgroup's limit) maps to KILLED, as a job the kernel's OOM killer
-    ends does on a local host; CUDA out-of-memory is found in the log, as everywhere.
+    A job Slurm restarted is requeued whatever its state now (pending again, cancelled after its
+    requeue, or running its second run). OUT_OF_MEMORY (host RAM, the job's memory limit) is HOST_OOM;
+    CUDA out-of-memory is found in the log, as everywhere.
     """
     state, reason = job.state, job.reason
+    if job.restarts:
+        return SlurmOutcome("requeued", reason=_join(f"requeued by Slurm ({job.restarts}x)", reason))
     if state == "PENDING":
-        if job.restarts:
-            return SlurmOutcome("requeued", reason=_join(f"requeued by Slurm ({job.restarts}x)", reason))
         return SlurmOutcome("queued", reason=reason)
     if state in REQUEUED_STATES:
         return SlurmOutcome("requeued", reason=_join(f"requeued by Slurm ({state})", reason))
     if state == "PREEMPTED":
-        return SlurmOutcome("requeued", reason=_join("preempted", reason), resubmit=True)
+        return SlurmOutcome("requeued", reason=_join("preempted", reason))
     if state in RUNNING_STATES:
         return SlurmOutcome("running", reason="" if state == "RUNNING" else state.lower())
     outcome, why = _ended(job)
     return SlurmOutcome("ended", outcome, exit_code=job.exit_code, reason=why)
+
+
+def requeued_outcome(job: SlurmJob, cause: str | None) -> tuple[Outcome, str]:
+    """What a run Slurm took back (preempted, or requeued: see `requeue_cause`) means to exq: lost when its
+    node failed (run again per retry.lost), else preempted (run again, counted against no retry budget)."""
+    if cause is not None and ENDED_OUTCOMES.get(cause, (None, ""))[0] == Outcome.LOST:
+        return ENDED_OUTCOMES[cause]
+    if job.state == "PREEMPTED":
+        return Outcome.PREEMPTED, _join("preempted by Slurm", job.reason)
+    return Outcome.PREEMPTED, slurm_outcome(job).reason
 
 
 def _ended(job: SlurmJob) -> tuple[Outcome, str]:
@@ -352,15 +362,22 @@ class SlurmClient:
         out = self._call(["squeue", "--me", "-h", "-r", "-t", "all", "-O", _format(SQUEUE_FIELDS)], "squeue")
         jobs = parse_squeue(out)
         for job in jobs:
-            if job.job_id != job.raw_id and job.state != "PENDING":  # a started task has its own record
+            if job.job_id != job.raw_id and (job.state != "PENDING" or job.restarts):  # a started task's own record
                 self._raw_ids[job.job_id] = job.raw_id
         return jobs
 
     def _sacct(self, job_ids: list[str]) -> list[SlurmJob]:
         """The newest sacct record of each id (ids it cannot resolve are left out)."""
+        newest = {job.job_id: job for job in self._sacct_history(job_ids, runs=False)}
+        return list(newest.values())
+
+    def _sacct_history(self, job_ids: list[str], runs: bool) -> list[SlurmJob]:
+        """sacct's records of the ids, oldest first; `runs`: one per run of a requeued job (`-D`), where an
+        accounting database keeps them (the jobcomp file always has a line per run that ended or was requeued)."""
         if self._jobcomp:
             return self._sacct_jobcomp(job_ids)
-        argv = ["sacct", "-P", "-n", "-X", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(job_ids)]
+        argv = ["sacct", "-P", "-n", "-X", *(["-D"] if runs else []), "-o", ",".join(SACCT_FIELDS),
+                "-j", ",".join(job_ids)]
         code, out, err = self._run(argv)
         if code != 0 and ACCOUNTING_DISABLED in (err + out).lower():
             self._jobcomp = True
@@ -379,11 +396,15 @@ class SlurmClient:
             return []
         argv = ["sacct", "-c", "-P", "-n", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(sorted(by_raw))]
         out = self._call(argv, "sacct -c")
-        newest: dict[str, SlurmJob] = {}
-        for job in parse_sacct(out):
-            if job.raw_id in by_raw:
-                newest[job.raw_id] = replace(job, job_id=by_raw[job.raw_id])
-        return list(newest.values())
+        return [replace(job, job_id=by_raw[job.raw_id]) for job in parse_sacct(out) if job.raw_id in by_raw]
+
+    def requeue_cause(self, job_id: str) -> str | None:
+        """How the job's last run ended before Slurm requeued it, as sacct recorded it (`NODE_FAIL`,
+        `PREEMPTED`, `REQUEUED`), or None where it recorded no such end (`scontrol requeue` leaves the
+        jobcomp file a `PENDING` line). A cancel after the requeue (exq's own) is not the cause."""
+        ended = [job.state for job in self._sacct_history(check_job_ids([job_id]), runs=True)
+                 if job.state not in ("PENDING", "CANCELLED") and job.state not in RUNNING_STATES]
+        return ended[-1] if ended else None
 
     def find_by_name(self, name: str) -> list[str]:
         """The ids (base ids of arrays, as submit returned them) of the user's jobs named `name`:

@@ -6,10 +6,13 @@ Slurm allocates the GPUs (`--gres=gpu:N`) and sets CUDA_VISIBLE_DEVICES; exq's p
 `slots` GPU slots (how many GPUs' worth of exq jobs Slurm may hold at once, queued or running: Slurm's queue
 is the buffer) and never picks indices. The attempts launched within BATCH_WINDOW that need the same GPUs and
 time limit go in as one job array, each task finding its attempt directory in the batch's map file. One
-`squeue` call per poll covers every watched job. Jobs are submitted with `--no-requeue`: a node failure ends
-the attempt (lost, queued again by exq per `retry.lost`) rather than rerunning it in an attempt directory
-whose claim is taken. Across a daemon crash, an attempt is found by its Slurm job id (the `slurm` file in its
-directory) or, when sbatch may have run without that file being written, by its batch's job name and its
+`squeue` call per poll covers every watched job.
+
+Jobs are requeueable (preemption, `scontrol requeue`, a failed node), but a run Slurm takes back ends its
+attempt: exq cancels the requeued Slurm job, whose attempt directory's claim is taken, and runs the job again
+in a new attempt, per `retry.lost` when its node failed (sacct says), else at once and counted against no
+retry budget (preempted). Across a daemon crash, an attempt is found by its Slurm job id (the `slurm` file in
+its directory) or, when sbatch may have run without that file being written, by its batch's job name and its
 index there (`slurm.pending`, written before sbatch).
 """
 
@@ -30,7 +33,14 @@ from exq.errors import WorkerError
 from exq.gpus import GpuInfo, GpuSnapshot
 from exq.model import contract
 from exq.model.outcome import Outcome
-from exq.slurm.client import RUNNING_STATES, SlurmClient, SlurmJob, local_runner, slurm_outcome
+from exq.slurm.client import (
+    RUNNING_STATES,
+    SlurmClient,
+    SlurmJob,
+    local_runner,
+    requeued_outcome,
+    slurm_outcome,
+)
 from exq.workers.attempts import (
     log_tail,
     make_private_dirs,
@@ -163,7 +173,7 @@ class SlurmWorker:
             array_id = await asyncio.to_thread(
                 self.client.submit, str(script), job_name=name, partition=host.partition or "", gres_gpus=gpus,
                 time_limit_s=limit, output=str(script.with_suffix(".%a.out")), array=len(batch),
-                extra_args=["--no-requeue", *host.sbatch_args], account=host.account, qos=host.qos,
+                extra_args=["--requeue", *host.sbatch_args], account=host.account, qos=host.qos,
                 constraint=host.constraint)
         except Exception as exc:  # every launch of the batch fails with it, as one launch would
             for _, future in batch:
@@ -210,7 +220,7 @@ class SlurmWorker:
         claimed before its runner claimed it (it will, when it starts), so it is never tombstoned."""
         d = Path(attempt_dir)
         job = await self._job(d)
-        waiting = job is not None and job.state in WAITING_STATES
+        waiting = job is not None and job.state in WAITING_STATES and slurm_outcome(job).phase != "requeued"
         record = parse_record(lambda name: read_text(str(d / name)), lambda _pid, _started: waiting)
         if not record.claimed and waiting:
             return RunRecord(claimed=True, alive=True)
@@ -281,7 +291,25 @@ class SlurmWorker:
         job = await self._job(d)
         return AttemptReport(record=await self.read(attempt_dir), log_tail=log_tail(d / contract.LOG), result=result,
                              result_error=result_error, missing_outputs=missing_paths(workdir, outputs),
-                             verdict=None if job is None else _verdict(job))
+                             verdict=None if job is None else await self._verdict(job))
+
+    async def _verdict(self, job: SlurmJob) -> tuple[Outcome, str] | None:
+        """Slurm's word on how the job ended, when Slurm ended it (the runner's exit status then only says it was
+        signalled): its node failed, its time ran out, it was preempted, requeued or cancelled outside exq. A
+        requeued job is cancelled first: Slurm must not run it again in this attempt."""
+        mapped = slurm_outcome(job)
+        if mapped.phase == "requeued":
+            cause = None if job.state == "PREEMPTED" else await asyncio.to_thread(self.client.requeue_cause,
+                                                                                   job.job_id)
+            if job.state in WAITING_STATES:
+                await asyncio.to_thread(self.client.cancel, [job.job_id])
+            log.info("Slurm job %s was requeued; its last run ended %s", job.job_id, cause or "unrecorded")
+            return requeued_outcome(job, cause)
+        if mapped.phase != "ended" or mapped.outcome is None:
+            return None
+        if mapped.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.KILLED):
+            return None  # the runner's records say it better (exit code, signal, the log's OOM)
+        return mapped.outcome, mapped.reason
 
     async def missing_paths(self, workdir: str, globs: list[str]) -> list[str]:
         return await asyncio.to_thread(missing_paths, workdir, globs)
@@ -291,19 +319,6 @@ class SlurmWorker:
 
     async def close(self) -> None:
         """Nothing to close: the jobs stay with Slurm."""
-
-
-def _verdict(job: SlurmJob) -> tuple[Outcome, str] | None:
-    """Slurm's word on how the job ended, when Slurm ended it (the runner's exit status then only says it was
-    signalled): its node failed, its time ran out, it was preempted or cancelled outside exq."""
-    mapped = slurm_outcome(job)
-    if mapped.phase == "requeued":
-        return Outcome.LOST, mapped.reason  # submitted with --no-requeue: exq runs it again (retry.lost)
-    if mapped.phase != "ended" or mapped.outcome is None:
-        return None
-    if mapped.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.KILLED) and job.state != "OUT_OF_MEMORY":
-        return None  # the runner's records say it better (exit code, signal, the log's OOM)
-    return mapped.outcome, mapped.reason
 
 
 def _job_id(d: Path) -> str | None:
