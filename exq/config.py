@@ -41,6 +41,10 @@ class HostConfig(BaseModel):
     keepalive_count: Count = 3
     connect_timeout: PosDuration = 15.0
     lost_timeout: Duration = Field(300.0, description="How long a host may be unreachable before its jobs move.")
+    login: Str = Field("local", description="kind slurm: where sbatch, squeue, sacct, scancel and sinfo run: "
+                                            "`local` (this machine) or an SSH destination (host name or "
+                                            "~/.ssh/config alias; this host's user, port, identity_file, "
+                                            "known_hosts and ssh_config apply to it).")
     partition: Str | None = Field(None, description="kind slurm: the partition jobs are submitted to.")
     account: Str | None = Field(None, description="kind slurm: sbatch --account.")
     qos: Str | None = Field(None, description="kind slurm: sbatch --qos.")
@@ -59,6 +63,8 @@ class HostConfig(BaseModel):
     def _slurm_needs_a_partition(self) -> HostConfig:
         if self.kind == "slurm" and not self.partition:
             raise ValueError("a host of kind slurm needs a partition (partition: NAME)")
+        if self.kind != "slurm" and self.login != "local":
+            raise ValueError("login is for hosts of kind slurm (an SSH host is reached at its address)")
         return self
 
 

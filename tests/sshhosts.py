@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +91,8 @@ class SshHost:
     known_hosts: Path
     known_hosts_line: str = ""
     root_login: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    """More variables for the host's sessions (SetEnv), e.g. SLURM_CONF for a Slurm login node."""
     """Logs in as root (for tests that run this checkout's exq on the host); kill/stop touch only sshd."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _stopped: set[int] = field(default_factory=set, repr=False)
@@ -120,6 +122,7 @@ class SshHost:
 
     def sshd_config(self) -> str:
         path = f"{self.home}/bin:/usr/local/bin:/usr/bin:/bin"
+        more = "".join(f" {name}={value}" for name, value in self.env.items())
         return f"""\
 ListenAddress {self.address}:{self.port}
 HostKey {self.dir}/ssh_host_ed25519_key
@@ -140,7 +143,7 @@ UseDNS no
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
-SetEnv PATH={path} EXQ_FAKE_GPUS={self.gpus} EXQ_FAKE_GPUS_LOAD={self.load_file}
+SetEnv PATH={path} EXQ_FAKE_GPUS={self.gpus} EXQ_FAKE_GPUS_LOAD={self.load_file}{more}
 """
 
     def start(self) -> None:
@@ -328,13 +331,14 @@ def _create_user(host: SshHost, public_key: str) -> None:
     _check("chown", "-R", f"{host.user}:", str(host.home))
 
 
-def _add_host(hosts: SshHosts, number: int, name: str, gpus: str, public_key: str, root_login: bool) -> SshHost:
+def _add_host(hosts: SshHosts, number: int, name: str, gpus: str, public_key: str, root_login: bool,
+              env: Mapping[str, str]) -> SshHost:
     address = f"127.0.0.{number + 2}"
     user = "root" if root_login else f"exq-{name.lower()[:12]}-{secrets.token_hex(2)}"
     host = SshHost(
         name=name, address=address, port=_free_port(address), user=user,
         home=hosts.homes / name, gpus=gpus, dir=hosts.root / name, client_config=hosts.client_config,
-        identity=hosts.identity, known_hosts=hosts.known_hosts, root_login=root_login,
+        identity=hosts.identity, known_hosts=hosts.known_hosts, root_login=root_login, env=dict(env),
     )
     hosts.hosts[name] = host
     host.dir.mkdir(mode=0o700)
@@ -363,10 +367,12 @@ Host {host.name}
 """
 
 
-def start_hosts(tmp_root: Path, specs: list[tuple[str, str]], root_login: Collection[str] = ()) -> SshHosts:
+def start_hosts(tmp_root: Path, specs: list[tuple[str, str]], root_login: Collection[str] = (),
+                env: Mapping[str, str] | None = None) -> SshHosts:
     """Start one SSH host per (name, GPU spec) such as ("h1", "2x24GiB"), on 127.0.0.2, .3, ...
 
-    Hosts named in `root_login` log in as root (to run this checkout's exq there).
+    Hosts named in `root_login` log in as root (to run this checkout's exq there); `env` is set in every
+    host's sessions.
     """
     tmp_root.mkdir(parents=True, exist_ok=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
@@ -377,7 +383,7 @@ def start_hosts(tmp_root: Path, specs: list[tuple[str, str]], root_login: Collec
         _keygen(hosts.identity, "exq-tests")
         public_key = hosts.identity.with_suffix(".pub").read_text()
         for number, (name, gpus) in enumerate(specs):
-            _add_host(hosts, number, name, gpus, public_key, name in root_login)
+            _add_host(hosts, number, name, gpus, public_key, name in root_login, env or {})
         hosts.known_hosts.write_text("".join(h.known_hosts_line + "\n" for h in hosts))
         hosts.client_config.write_text("\n".join(_client_config(h) for h in hosts))
     except BaseException:
@@ -388,14 +394,15 @@ def start_hosts(tmp_root: Path, specs: list[tuple[str, str]], root_login: Collec
 
 @pytest.fixture
 def ssh_hosts(tmp_path: Path) -> Iterator[Callable[..., SshHosts]]:
-    """A factory `start(specs, root_login=()) -> SshHosts`; skips without sshd; closes the hosts after."""
+    """A factory `start(specs, root_login=(), env=None) -> SshHosts`; skips without sshd; closes the hosts after."""
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
     started: list[SshHosts] = []
 
-    def start(specs: list[tuple[str, str]], root_login: Collection[str] = ()) -> SshHosts:
-        started.append(start_hosts(tmp_path / f"ssh{len(started)}", specs, root_login))
+    def start(specs: list[tuple[str, str]], root_login: Collection[str] = (),
+              env: Mapping[str, str] | None = None) -> SshHosts:
+        started.append(start_hosts(tmp_path / f"ssh{len(started)}", specs, root_login, env))
         return started[-1]
 
     yield start

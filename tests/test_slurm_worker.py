@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Exq, wait_until
@@ -123,8 +124,9 @@ def test_kill9_of_the_daemon_with_jobs_pending_and_running_reattaches_them_and_r
     """)
     # Someone else's job holds 2 of the 4 GPUs: of the four jobs exq hands to Slurm (2 GPUs each, one array),
     # one runs and three wait in Slurm's queue.
-    subprocess.run(["sbatch", f"--partition={slurm.partition}", "--gres=gpu:2", "--job-name=other", "--wrap",
-                    "sleep 10"], env=slurm.env, check=True, capture_output=True, timeout=30)
+    subprocess.run(["sbatch", f"--partition={slurm.partition}", "--gres=gpu:2", "--job-name=other",
+                    "--output=/dev/null", "--wrap", "sleep 10"],
+                   env=slurm.env, check=True, capture_output=True, timeout=30)
     exq("submit", str(manifest))
     daemon = exq.start_daemon()
 
@@ -245,13 +247,22 @@ def test_one_manifest_spreads_over_this_machine_and_the_slurm_host(exq: Exq, slu
     assert exq("logs", "done").stdout == "all done\n"
 
 
-def test_hosts_and_doctor_report_the_partition_and_whether_sbatch_takes_jobs(cluster_exq: Exq,
-                                                                            slurm: SlurmCluster) -> None:
+def test_hosts_and_doctor_report_the_partition_and_whether_sbatch_takes_jobs(cluster_exq: Exq, slurm: SlurmCluster,
+                                                                            tmp_path: Path) -> None:
     exq = cluster_exq
     host = json.loads(exq("hosts", "--json").stdout)[0]
     assert host["up"] and host["backend"] == "slurm"
     assert f"Slurm partition {slurm.partition}: 1 node(s), 4/4 GPUs free" in host["message"]
     assert "sbatch refuses" not in host["message"]
+    # The shared-filesystem check: a job copies a token exq wrote under its root; the first look starts it, later
+    # processes follow that job rather than submit another, and once it passed it is remembered.
+    assert "checking that the nodes share" in host["message"]
+    [job_file] = list((tmp_path / "exq-root").glob("*/fscheck.job"))
+    first_check = job_file.read_text()
+    wait_until(lambda: "checking" not in json.loads(exq("hosts", "--json").stdout)[0]["message"], TIMEOUT, 0.5)
+    assert (job_file.parent / "fscheck.seen").read_text() == (job_file.parent / "fscheck.token").read_text()
+    assert "do not share" not in json.loads(exq("hosts", "--json").stdout)[0]["message"]
+    assert job_file.read_text() == first_check  # one check job, whatever the number of looks
     doctor = exq("doctor", "--json", check=False)
     checks = {c["name"]: c for c in json.loads(doctor.stdout)}
     assert checks["host cluster"]["status"] == "ok" and "Slurm partition" in checks["host cluster"]["detail"]
@@ -290,3 +301,87 @@ def test_more_launches_than_slurm_takes_in_one_array_go_in_as_several(tmp_path: 
     assert client.arrays == [1000, 1]
     assert ids[0] == "1_0" and ids[999] == "1_999" and ids[1000] == "2_0"
     assert (dirs[1000] / "slurm.pending").read_text().split()[1] == "0"
+
+
+def test_nodes_that_do_not_see_exqs_root_are_found_and_the_host_takes_no_jobs(slurm: SlurmCluster,
+                                                                             tmp_path: Path) -> None:
+    """The check job stands in for a node without the shared filesystem: its script cannot see the token."""
+    import asyncio
+
+    from exq.config import HostConfig
+    from exq.slurm.client import SlurmClient
+    from exq.workers.slurm import SlurmWorker
+
+    worker = SlurmWorker("c", HostConfig(kind="slurm", partition=slurm.partition, root=str(tmp_path / "r")), "node",
+                         client=SlurmClient(slurm.command))
+    worker._files_check.submit = lambda script: slurm.sbatch("#!/bin/sh\ntrue\n", f"--partition={slurm.partition}",
+                                                                      "--output=/dev/null")
+
+    async def probe_until_known() -> tuple[int, str]:
+        for _ in range(int(TIMEOUT)):
+            snapshot = await worker.probe()
+            if "checking" not in snapshot.message:
+                return len(snapshot.gpus), snapshot.message
+            await asyncio.sleep(1)
+        raise AssertionError("the check did not end")
+
+    slots, message = asyncio.run(probe_until_known())
+    assert slots == 0 and "exq keeps up to 0 GPUs of jobs there" in message
+    assert f"the compute nodes do not share {tmp_path / 'r' / 'node'}" in message and "(COMPLETED)" in message
+
+
+def test_a_job_whose_node_cannot_see_its_attempt_says_so(cluster_exq: Exq, slurm: SlurmCluster,
+                                                         tmp_path: Path) -> None:
+    """Its batch's map file gone before the task starts stands in for a node that does not see exq's root."""
+    exq = cluster_exq
+    manifest = exq.manifest(f"name: fs\nworkdir: {tmp_path}\ngpus: 1\nid: job\nretry: {{lost: {{max: 0}}}}\n"
+                            "cmd: 'true'\n")
+    slurm.run("scontrol", "update", f"partitionname={slurm.partition}", "state=down")
+    try:
+        exq("submit", str(manifest))
+        exq.start_daemon()
+        maps = wait_until(lambda: list((tmp_path / "exq-root").glob("*/batches/*.map")), TIMEOUT, 0.2)
+        for path in maps:
+            path.unlink()
+    finally:
+        slurm.run("scontrol", "update", f"partitionname={slurm.partition}", "state=up")
+    assert exq("wait", "--timeout", str(TIMEOUT), check=False).returncode == 1
+    job = exq.jobs()["job"]
+    assert job["status"] == "failed" and job["attempts"][0]["outcome"] == "lost"
+    assert "without its runner starting: is " in job["reason"] and "on a filesystem the nodes share?" in job["reason"]
+
+
+def test_slurm_commands_run_on_a_login_node_over_ssh(exq: Exq, slurm: SlurmCluster, ssh_hosts: Any,
+                                                     tmp_path: Path) -> None:
+    """`login: NAME`: sbatch, squeue, sacct and scancel run over SSH there (a real sshd on loopback, host key
+    verified). This daemon has no SLURM_CONF, so a Slurm command it ran itself would fail."""
+    hosts = ssh_hosts([("login", "0x0")], root_login=["login"], env={"SLURM_CONF": str(slurm.conf)})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"hosts:\n  local: {{enabled: false}}\n"
+                      f"  cluster: {{kind: slurm, partition: {slurm.partition}, login: login, "
+                      f"ssh_config: {hosts.client_config}, root: {tmp_path / 'exq-root'}}}\n")
+    exq.env.update(EXQ_CONFIG=str(config))
+    exq.env.pop("EXQ_SIMULATE_GPUS", None)
+    exq.env.pop("SLURM_CONF", None)
+    manifest = exq.manifest(f"""
+        name: remote
+        workdir: {tmp_path}
+        gpus: 1
+        grid: {{i: [0, 1]}}
+        id: "r{{i}}"
+        cmd: 'echo "$SLURM_JOB_ID" > job-{{i}}.txt; sleep 2'
+    """)
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    assert all((tmp_path / f"job-{i}.txt").read_text().strip().isdigit() for i in (0, 1))
+    host = json.loads(exq("hosts", "--json").stdout)[0]
+    assert host["up"] and f"Slurm partition {slurm.partition}: 1 node(s)" in host["message"]
+    # cancel goes through the login node too
+    exq("add", "--name", "long", "--gpus", "1", "--host", "cluster", "--", "sleep", "300")
+    wait_until(lambda: exq.jobs()["long"]["attempts"] and exq.jobs()["long"]["attempts"][0]["started_at"],
+               TIMEOUT, 0.5)
+    exq("cancel", "long")
+    wait_until(lambda: exq.jobs()["long"]["status"] == "cancelled", TIMEOUT, 0.5)
+    job_id = (Path(exq.jobs()["long"]["attempts"][0]["dir"]) / "slurm").read_text().strip()
+    assert slurm.run("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T").stdout.strip() == "CANCELLED"

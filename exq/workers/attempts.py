@@ -100,6 +100,13 @@ def current_umask() -> int | None:
     return None
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, a file only its owner may read (mode 0600 when created)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def make_private_dirs(path: Path) -> None:
     """Create `path` and its missing parents with mode 0700 (whatever the umask)."""
     try:

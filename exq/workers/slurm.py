@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shlex
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from exq.config import HostConfig
 from exq.errors import WorkerError
@@ -41,6 +41,7 @@ from exq.slurm.client import (
     requeued_outcome,
     slurm_outcome,
 )
+from exq.slurm.login import SshLogin
 from exq.workers.attempts import (
     log_tail,
     make_private_dirs,
@@ -49,6 +50,7 @@ from exq.workers.attempts import (
     read_result,
     read_text,
     runner_env,
+    write_private,
     write_tombstone,
 )
 from exq.workers.base import (
@@ -59,8 +61,10 @@ from exq.workers.base import (
     RunRecord,
     parse_record,
 )
+from exq.workers.slurm_fscheck import CHECK_NAME, CHECK_TIME_LIMIT, SharedFilesCheck
 
 log = logging.getLogger("exq.slurm")
+T = TypeVar("T")
 
 POLL = 1.0
 """Seconds between two squeue calls (one call serves every attempt being watched)."""
@@ -92,7 +96,8 @@ class SlurmWorker:
             raise WorkerError(f"host {name}: kind slurm needs a partition")
         self.name = name
         self.host = host
-        self.client = client or SlurmClient(local_runner())
+        self._login = SshLogin(name, host) if host.login != "local" and client is None else None
+        self.client = client or SlurmClient(self._login or local_runner())
         self.root = Path.home() / host.root / node_id
         self.jobs = self.root / "jobs"
         self._states: dict[str, SlurmJob] = {}
@@ -100,11 +105,19 @@ class SlurmWorker:
         self._watched: set[str] = set()
         self._sbatch_refuses: str | None = None
         """Why `sbatch --test-only` refused a one-GPU job ("": it did not), asked at the first probe."""
+        self._files_check = SharedFilesCheck(self.client, self.root, lambda script: self._sbatch(
+            script, job_name=CHECK_NAME, gpus=0, time_limit_s=CHECK_TIME_LIMIT, output="/dev/null"))
         self._dirs: dict[str, str] = {}
         """Attempt directory of each watched job id."""
         self._lock = asyncio.Lock()
         self._batches: dict[tuple[int, int | None], list[tuple[Path, asyncio.Future[str]]]] = {}
         """Launches waiting to go in as one array, by (GPUs, time limit)."""
+
+    async def _slurm(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A client call, off the event loop (whose SSH connection to the login node, if any, runs its commands)."""
+        if self._login is not None:
+            self._login.bind(asyncio.get_running_loop())
+        return await asyncio.to_thread(call, *args, **kwargs)
 
     # -- placement --------------------------------------------------------------------------------
 
@@ -116,17 +129,21 @@ class SlurmWorker:
         return local
 
     async def probe(self) -> GpuSnapshot:
-        """The partition's GPUs as slots (Slurm picks the real ones)."""
-        info = await asyncio.to_thread(self.client.partition_info, self.host.partition or "")
+        """The partition's GPUs as slots (Slurm picks the real ones); none while the compute nodes are found
+        not to share exq's root (see SharedFilesCheck)."""
+        info = await self._slurm(self.client.partition_info, self.host.partition or "")
         if self._sbatch_refuses is None:  # asked once: whether sbatch takes a job there at all
-            why = await asyncio.to_thread(self.client.test_submit, info.partition, self.host.sbatch_args)
+            why = await self._slurm(self.client.test_submit, info.partition, self.host.sbatch_args)
             self._sbatch_refuses = why or ""
-        slots = tuple(GpuInfo(index=i, uuid=f"slurm-{self.name}-{i}", name=f"{info.partition} slot",
-                              memory_total=SLOT_MEMORY, memory_used=0) for i in range(self.host.slots))
+        shared, note = (None, "") if self._sbatch_refuses else await self._slurm(self._files_check.step)
+        slots = () if shared is False else tuple(
+            GpuInfo(index=i, uuid=f"slurm-{self.name}-{i}", name=f"{info.partition} slot",
+                    memory_total=SLOT_MEMORY, memory_used=0) for i in range(self.host.slots))
         message = (f"Slurm partition {info.partition}: {len(info.nodes)} node(s), {info.gpus_free}/{info.gpus_total} "
-                   f"GPUs free; exq keeps up to {self.host.slots} GPUs of jobs there"
+                   f"GPUs free; exq keeps up to {len(slots)} GPUs of jobs there"
                    + ("" if info.available() else "; no usable node")
-                   + (f"; sbatch refuses a one-GPU job: {self._sbatch_refuses}" if self._sbatch_refuses else ""))
+                   + (f"; sbatch refuses a one-GPU job: {self._sbatch_refuses}" if self._sbatch_refuses else "")
+                   + (f"; {note}" if note else ""))
         return GpuSnapshot(backend="slurm", gpus=slots, taken_at=time.time(), message=message)
 
     # -- launching --------------------------------------------------------------------------------
@@ -138,11 +155,11 @@ class SlurmWorker:
         env = {k: v for k, v in request.env.items() if k != "CUDA_VISIBLE_DEVICES"}  # Slurm sets it
         added = runner_env(request, env, self.host.cleanup_grace, self.name)
         make_private_dirs(d)
-        _write_private(d / RUNNER_VARS_FILE,
+        write_private(d / RUNNER_VARS_FILE,
                        "".join(f"export {name}={shlex.quote(value)}\n" for name, value in added.items()))
         limit = None if request.timeout is None else int(request.timeout) + TIME_LIMIT_MARGIN
         job_id = await self._join_batch(d, request.gpus, limit)
-        _write_private(d / JOB_ID_FILE, job_id + "\n")
+        write_private(d / JOB_ID_FILE, job_id + "\n")
         while True:
             record = await self.read(str(d))
             if record.pgid is not None or not record.alive:
@@ -169,12 +186,8 @@ class SlurmWorker:
         """One sbatch --array for the batch; each attempt's future gets its task's id (or the error)."""
         try:
             name, script = self._write_batch([d for d, _ in batch])
-            host = self.host
-            array_id = await asyncio.to_thread(
-                self.client.submit, str(script), job_name=name, partition=host.partition or "", gres_gpus=gpus,
-                time_limit_s=limit, output=str(script.with_suffix(".%a.out")), array=len(batch),
-                extra_args=["--requeue", *host.sbatch_args], account=host.account, qos=host.qos,
-                constraint=host.constraint)
+            array_id = await self._slurm(self._sbatch, str(script), job_name=name, gpus=gpus, time_limit_s=limit,
+                                         output=str(script.with_suffix(".%a.out")), array=len(batch))
         except Exception as exc:  # every launch of the batch fails with it, as one launch would
             for _, future in batch:
                 if not future.done():
@@ -183,6 +196,15 @@ class SlurmWorker:
         for index, (_, future) in enumerate(batch):
             if not future.done():
                 future.set_result(f"{array_id}_{index}")
+
+    def _sbatch(self, script: str, *, job_name: str, gpus: int, time_limit_s: int | None, output: str,
+                array: int | None = None) -> str:
+        """sbatch `script` to the host's partition, with its account, qos, constraint and sbatch_args: the job id."""
+        host = self.host
+        return self.client.submit(script, job_name=job_name, partition=host.partition or "", gres_gpus=gpus,
+                                  time_limit_s=time_limit_s, output=output, array=array,
+                                  extra_args=["--requeue", *host.sbatch_args], account=host.account, qos=host.qos,
+                                  constraint=host.constraint)
 
     def _write_batch(self, dirs: list[Path]) -> tuple[str, Path]:
         """The batch's name, map file and script (private, under the worker's root), and each attempt's note
@@ -195,15 +217,15 @@ class SlurmWorker:
         make_private_dirs(batches)
         name = f"exq:{uuid.uuid4().hex[:12]}"
         stem = batches / name.removeprefix("exq:")
-        _write_private(stem.with_suffix(".map"), "".join(f"{d}\n" for d in dirs))
+        write_private(stem.with_suffix(".map"), "".join(f"{d}\n" for d in dirs))
         script = stem.with_suffix(".sh")
         mapped = shlex.quote(str(stem.with_suffix(".map")))
-        _write_private(script, "#!/bin/sh\n"
+        write_private(script, "#!/bin/sh\n"
                                f'd=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {mapped})\n'
                                f'. "$d/{RUNNER_VARS_FILE}"\n'
                                f'exec sh {shlex.quote(str(runner))} "$d"\n')
         for index, d in enumerate(dirs):
-            _write_private(d / PENDING_FILE, f"{name} {index}\n")
+            write_private(d / PENDING_FILE, f"{name} {index}\n")
         return name, script
 
     # -- following ----------------------------------------------------------------------------------
@@ -233,11 +255,11 @@ class SlurmWorker:
             pending = (read_text(str(d / PENDING_FILE)) or "").split()
             if len(pending) != 2:
                 return None  # never submitted
-            found = await asyncio.to_thread(self.client.find_by_name, pending[0])
+            found = await self._slurm(self.client.find_by_name, pending[0])
             if not found:
                 return None
             job_id = f"{found[-1]}_{pending[1]}"
-            _write_private(d / JOB_ID_FILE, job_id + "\n")
+            write_private(d / JOB_ID_FILE, job_id + "\n")
         self._watched.add(job_id)
         self._dirs[job_id] = str(d)
         if job_id not in self._states or time.monotonic() - self._polled_at > POLL:
@@ -268,7 +290,7 @@ class SlurmWorker:
             if wait > 0 and not at_once:
                 await asyncio.sleep(wait)
             ids = sorted(self._watched)
-            self._states.update(await asyncio.to_thread(self.client.states, ids) if ids else {})
+            self._states.update(await self._slurm(self.client.states, ids) if ids else {})
             self._polled_at = time.monotonic()
 
     async def kill(self, attempt_dir: str, grace: float = 10.0) -> None:
@@ -276,7 +298,7 @@ class SlurmWorker:
         SIGKILL after its KillWait."""
         job_id = _job_id(Path(attempt_dir))
         if job_id is not None:
-            await asyncio.to_thread(self.client.cancel, [job_id])
+            await self._slurm(self.client.cancel, [job_id])
 
     async def tombstone(self, attempt_dir: str) -> bool:
         return write_tombstone(Path(attempt_dir))
@@ -289,24 +311,29 @@ class SlurmWorker:
         d = Path(attempt_dir)
         result, result_error = read_result(Path(workdir, result_file))
         job = await self._job(d)
-        return AttemptReport(record=await self.read(attempt_dir), log_tail=log_tail(d / contract.LOG), result=result,
+        record = await self.read(attempt_dir)
+        return AttemptReport(record=record, log_tail=log_tail(d / contract.LOG), result=result,
                              result_error=result_error, missing_outputs=missing_paths(workdir, outputs),
-                             verdict=None if job is None else await self._verdict(job))
+                             verdict=None if job is None else await self._verdict(job, record, d))
 
-    async def _verdict(self, job: SlurmJob) -> tuple[Outcome, str] | None:
+    async def _verdict(self, job: SlurmJob, record: RunRecord, d: Path) -> tuple[Outcome, str] | None:
         """Slurm's word on how the job ended, when Slurm ended it (the runner's exit status then only says it was
         signalled): its node failed, its time ran out, it was preempted, requeued or cancelled outside exq. A
-        requeued job is cancelled first: Slurm must not run it again in this attempt."""
+        requeued job is cancelled first: Slurm must not run it again in this attempt. A job that ended without its
+        runner claiming the attempt most likely ran where the attempt's directory is not seen."""
         mapped = slurm_outcome(job)
         if mapped.phase == "requeued":
-            cause = None if job.state == "PREEMPTED" else await asyncio.to_thread(self.client.requeue_cause,
+            cause = None if job.state == "PREEMPTED" else await self._slurm(self.client.requeue_cause,
                                                                                    job.job_id)
             if job.state in WAITING_STATES:
-                await asyncio.to_thread(self.client.cancel, [job.job_id])
+                await self._slurm(self.client.cancel, [job.job_id])
             log.info("Slurm job %s was requeued; its last run ended %s", job.job_id, cause or "unrecorded")
             return requeued_outcome(job, cause)
         if mapped.phase != "ended" or mapped.outcome is None:
             return None
+        if mapped.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.KILLED) and not record.claimed:
+            return Outcome.LOST, (f"Slurm job {job.job_id} ended ({job.state}) on {job.nodes or 'its node'} without "
+                                  f"its runner starting: is {d} on a filesystem the nodes share?")
         if mapped.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.KILLED):
             return None  # the runner's records say it better (exit code, signal, the log's OOM)
         return mapped.outcome, mapped.reason
@@ -318,18 +345,14 @@ class SlurmWorker:
         return await asyncio.to_thread(peek_results, paths)
 
     async def close(self) -> None:
-        """Nothing to close: the jobs stay with Slurm."""
+        """Close the connection to the login node, if any: the jobs stay with Slurm."""
+        if self._login is not None:
+            await self._login.close()
 
 
 def _job_id(d: Path) -> str | None:
     text = read_text(str(d / JOB_ID_FILE))
     return text.strip() or None if text is not None else None
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def make_worker(name: str, host: HostConfig, node_id: str) -> SlurmWorker:
