@@ -146,6 +146,7 @@ def fit_problems(paths: StatePaths, spec: SubmissionSpec) -> list[str]:
     before any daemon ran, this machine's probe); hosts whose GPUs are not known yet are given the benefit
     of the doubt."""
     from exq.config import LOCAL
+    from exq.model.fit import ANY_MEMORY
     from exq.model.fit import fit_problems as problems
 
     hosts: dict[str, list[tuple[int, int]]] = {}
@@ -154,6 +155,7 @@ def fit_problems(paths: StatePaths, spec: SubmissionSpec) -> list[str]:
         for gpu in index.gpus:
             hosts.setdefault(gpu.host, []).append((gpu.index, gpu.memory_total))
         hosts.update({h.name: [] for h in index.hosts if h.backend == "none" and h.name not in hosts})
+        hosts.update({h.name: [(i, ANY_MEMORY) for i in range(h.slots)] for h in index.hosts if h.slots})
     else:
         snap = probe_gpus(paths)
         hosts[LOCAL] = [(gpu.index, gpu.memory_total) for gpu in snap.gpus]

@@ -404,8 +404,10 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
             "name": r.name, "up": r.snapshot is not None, "error": r.error,
             "backend": r.snapshot.backend if r.snapshot else None,
             "message": r.snapshot.message if r.snapshot else None,
+            "slots": len(r.snapshot.gpus) if r.snapshot and r.snapshot.slots else None,
             "gpus": [{"index": g.index, "name": g.name, "memory_total": g.memory_total,
-                      "memory_used": g.memory_used} for g in (r.snapshot.gpus if r.snapshot else ())],
+                      "memory_used": g.memory_used}
+                     for g in (r.snapshot.gpus if r.snapshot and not r.snapshot.slots else ())],
         } for r in reports], indent=2))
     else:
         from exq.views import hosts_table

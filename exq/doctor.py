@@ -279,7 +279,11 @@ def check_hosts(paths: api.StatePaths, config: ExqConfig, timeout: float = HOST_
             checks.append(Check(name, "fail", error, fix))
             continue
         note = f"; {snap.message}" if snap.message else ""
-        if not snap.gpus:
+        if snap.slots:
+            checks.append(Check(name, "ok", f"{snap.backend}: {len(snap.gpus)} slot(s){note}") if snap.gpus else
+                          Check(name, "fail", f"{snap.backend}: no slots{note}",
+                                "fix what the note says; the host takes no jobs until then"))
+        elif not snap.gpus:
             checks.append(Check(name, "warn", f"{snap.backend}: no GPUs{note}",
                                 f"check `ssh {report.name} nvidia-smi` on the host (driver installed, on PATH)"))
         else:

@@ -384,7 +384,8 @@ def hosts_table(reports: list[HostReport]) -> Table:
             table.add_row(report.name, Text("unreachable", style="bold red"), "", "", report.error or "")
             continue
         sizes = Counter(format_size(g.memory_total) for g in snap.gpus)
-        gpus = ", ".join(f"{n}x{size}" for size, n in sizes.items()) or "none"
+        gpus = f"{len(snap.gpus)} slots" if snap.slots else ", ".join(f"{n}x{size}" for size, n in sizes.items())
+        gpus = gpus or "none"
         backend = snap.backend + (" (SIMULATED)" if snap.simulated else "")
         table.add_row(report.name, Text("up", style="green"), backend, gpus, snap.message or "")
     return table

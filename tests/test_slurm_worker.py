@@ -73,6 +73,10 @@ def test_a_two_phase_grid_runs_through_slurm_with_its_gpus(cluster_exq: Exq, slu
     assert len(tasks) == 4 and len({t[1] for t in tasks}) <= 3  # the train phase as one array
     hosts = json.loads(exq("hosts", "--json").stdout)
     assert hosts[0]["name"] == "cluster" and hosts[0]["backend"] == "slurm" and "GPUs free" in hosts[0]["message"]
+    assert hosts[0]["slots"] == 1024 and hosts[0]["gpus"] == []
+    # queue_state.json counts the host's slots and lists only those in use (none now), not 1,024 GPUs
+    state = json.loads((exq.state_dir / "queue_state.json").read_text())
+    assert [h["slots"] for h in state["hosts"]] == [1024] and state["gpus"] == []
 
 
 def test_a_cuda_oom_is_retried_with_a_smaller_batch_on_slurm(cluster_exq: Exq, tmp_path: Path) -> None:
@@ -265,7 +269,8 @@ def test_hosts_and_doctor_report_the_partition_and_whether_sbatch_takes_jobs(clu
     assert job_file.read_text() == first_check  # one check job, whatever the number of looks
     doctor = exq("doctor", "--json", check=False)
     checks = {c["name"]: c for c in json.loads(doctor.stdout)}
-    assert checks["host cluster"]["status"] == "ok" and "Slurm partition" in checks["host cluster"]["detail"]
+    assert checks["host cluster"]["status"] == "ok" and "slurm: 1024 slot(s); Slurm partition" in \
+        checks["host cluster"]["detail"]
     config = Path(exq.env["EXQ_CONFIG"])
     config.write_text(config.read_text().replace("partition: gpu", "partition: nosuch"))
     broken = json.loads(exq("hosts", "--json", check=False).stdout)[0]

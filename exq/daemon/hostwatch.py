@@ -163,12 +163,14 @@ class HostWatch:
             state.hosts.append(HostView(
                 name=name, backend=snap.backend if snap else "unreachable", message=snap.message if snap else None,
                 probed_at=snap.taken_at if snap else None, up=health.up, down_since=health.down_since,
-                error=health.error))
+                error=health.error, slots=len(snap.gpus) if snap and snap.slots else None))
+        snapshots = ctx.probes.snapshots
         state.gpus = [
             GpuView(host=ld.host, index=ld.gpu.index, uuid=ld.gpu.uuid, name=ld.gpu.name,
                     memory_total=ld.gpu.memory_total, memory_used=ld.gpu.memory_used,
                     foreign_memory=ld.foreign, reserved_memory=ld.reserved,
-                    jobs=[r.key for r in ld.reservations], simulated=ctx.probes.snapshots[ld.host].simulated)
-            for ld in gpu_loads(ctx.probes.snapshots, ctx.reservations.values())
+                    jobs=[r.key for r in ld.reservations], simulated=snapshots[ld.host].simulated)
+            for ld in gpu_loads(snapshots, ctx.reservations.values())
+            if ld.reservations or not snapshots[ld.host].slots
         ]
         ctx.store.touch()

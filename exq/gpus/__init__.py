@@ -41,6 +41,9 @@ class GpuSnapshot:
     message: str | None = None
     """Why there are no GPUs (e.g. no NVIDIA driver), or what is simulated."""
     extra: dict[str, str] = field(default_factory=dict)
+    slots: bool = False
+    """Its GPUs are slots of a host with its own queue (a Slurm partition): how many GPUs' worth of jobs it
+    takes, not devices. Views list only the slots in use and count the rest."""
 
     @property
     def simulated(self) -> bool:

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from exq.model.jobspec import JobSpec, SubmissionSpec
 from exq.units import format_size
 
+ANY_MEMORY = 2**62
+"""The memory of a slot of a host with its own queue (a Slurm partition): its scheduler decides what fits."""
 HostGpus = Mapping[str, Sequence[tuple[int, int]]]
 """Host name -> (index, total memory in bytes) of each GPU it has, as last seen."""
 

@@ -192,6 +192,8 @@ class HostView(_Model):
     probed_at: float | None = None
     up: bool = True
     down_since: float | None = Field(None, description="When the host stopped answering.")
+    slots: int | None = Field(None, description="For a host with its own queue (a Slurm partition): how many GPUs' "
+                                                "worth of jobs it takes; only the slots in use are listed in gpus.")
     error: str | None = None
 
 

@@ -144,7 +144,7 @@ class SlurmWorker:
                    + ("" if info.available() else "; no usable node")
                    + (f"; sbatch refuses a one-GPU job: {self._sbatch_refuses}" if self._sbatch_refuses else "")
                    + (f"; {note}" if note else ""))
-        return GpuSnapshot(backend="slurm", gpus=slots, taken_at=time.time(), message=message)
+        return GpuSnapshot(backend="slurm", gpus=slots, taken_at=time.time(), message=message, slots=True)
 
     # -- launching --------------------------------------------------------------------------------
 
