@@ -309,3 +309,30 @@ def test_wait_for_checks_are_shared_rate_limited_and_never_block() -> None:
         waits.cancel()
 
     asyncio.run(asyncio.wait_for(go(), 10))
+
+
+def test_a_throttled_batch_counts_as_its_limit_until_fewer_of_its_jobs_are_left() -> None:
+    """A host with its own queue runs at most `limit` jobs of a batch: the batch counts as that many running
+    jobs (or as its active jobs, once fewer), and jobs elsewhere as one each, so that both stay within
+    max_parallel together."""
+    from exq.daemon.limits import Running
+    from exq.daemon.placement import Batch
+    from exq.model.jobspec import JobSpec
+    from exq.model.state import Job, JobStatus, Submission
+
+    def job(number: int, status: JobStatus = JobStatus.RUNNING) -> Job:
+        spec = JobSpec(id=f"j{number}", phase="train", cmd_template="true", params={}, cmd="true", workdir="/tmp")
+        return Job(id=f"j{number}", submission="1", phase="train", params={}, cmd="true", order=number,
+                   submitted_at=1.0, spec=spec, status=status)
+
+    submission = Submission(id="1", name="s", source="m.yaml", submitted_at=0.0, phases=["train"], jobs=9,
+                            phase_max_parallel={"train": 5})
+    batch = Batch("b1", "cluster", limit=3)
+    running = Running([(job(1), batch), (job(2), batch), (job(3), batch), (job(4), batch), (job(5), None)])
+    assert running.room(job(9), submission) == 1  # 3 for the batch of 4, 1 here
+    running.add(job(6))
+    assert running.room(job(9), submission) == 0 and running.held_back(job(9), submission) is not None
+    ended = JobStatus.SUCCEEDED
+    fewer = Running([(job(1), batch), (job(2, ended), batch), (job(3, ended), batch), (job(5), None)])
+    assert fewer.room(job(9), submission) == 3  # one of the batch left: it counts as one
+    assert Running().room(job(9), submission.model_copy(update={"phase_max_parallel": {}})) is None  # no limit

@@ -300,7 +300,7 @@ def test_more_launches_than_slurm_takes_in_one_array_go_in_as_several(tmp_path: 
         d.mkdir(parents=True)
 
     async def launch_all() -> list[str]:
-        return await asyncio.gather(*(worker._join_batch(d, 1, None) for d in dirs))
+        return await asyncio.gather(*(worker._join_batch(d, (1, None, None, None)) for d in dirs))
 
     ids = asyncio.run(launch_all())
     assert client.arrays == [1000, 1]
@@ -390,3 +390,42 @@ def test_slurm_commands_run_on_a_login_node_over_ssh(exq: Exq, slurm: SlurmClust
     wait_until(lambda: exq.jobs()["long"]["status"] == "cancelled", TIMEOUT, 0.5)
     job_id = (Path(exq.jobs()["long"]["attempts"][0]["dir"]) / "slurm").read_text().strip()
     assert slurm.run("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T").stdout.strip() == "CANCELLED"
+
+
+def test_max_parallel_goes_to_slurm_as_the_arrays_limit(exq: Exq, slurm: SlurmCluster, tmp_path: Path) -> None:
+    """A phase limited to 3 running jobs, of 8 that may run here (one simulated GPU) or on the cluster: the
+    cluster's share goes in as arrays with Slurm's `%N` (fewer sbatch calls than jobs: one, when all go there
+    at once), and never more than 3 run at once, over both hosts."""
+    from test_limits import SPAN, marks_dir, most_at_once, spans
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"hosts:\n  cluster: {{kind: slurm, partition: {slurm.partition}, "
+                      f"root: {tmp_path / 'exq-root'}}}\n")
+    exq.env.update(slurm.env, EXQ_CONFIG=str(config), EXQ_SIMULATE_GPUS="1x24GiB")
+    marks = marks_dir(exq)
+    exq.env["MARKS"] = str(marks)
+    manifest = exq.manifest(f"""
+        name: limited
+        workdir: {tmp_path}
+        phases:
+          - name: train
+            gpus: 1
+            max_parallel: 3
+            grid: {{i: [0, 1, 2, 3, 4, 5, 6, 7]}}
+            id: "t{{i}}"
+            cmd: '{SPAN}'
+    """)
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    (marks / "go").touch()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    jobs = exq.jobs()
+    on_cluster = [key for key, job in jobs.items() if all(a["host"] == "cluster" for a in job["attempts"])]
+    assert len(on_cluster) >= 2
+    assert most_at_once(list(spans(marks).values())) <= 3
+    batches = {script.stem: script for script in (tmp_path / "exq-root").glob("*/batches/*.sh")}
+    arrays = [line.split() for line in slurm.run("squeue", "-h", "-t", "all", "-o", "%F %j").stdout.splitlines()]
+    ours = {array for array, name in arrays if name.removeprefix("exq:") in batches}
+    limits = {slurm.run("scontrol", "show", "job", array).stdout.split("ArrayTaskThrottle=")[1].split()[0]
+              for array in ours}
+    assert len(ours) < len(on_cluster) and limits <= {"1", "2", "3"}  # fewer sbatch calls than jobs, each throttled

@@ -72,11 +72,14 @@ class Launcher:
         ctx = self.ctx
         attempt = job.attempts[-1]
         number = attempt.number
+        reservation = ctx.reservations.get(job.key)
+        batch = reservation.batch if reservation is not None else None
         try:
             request = LaunchRequest(
                 attempt_dir=attempt.dir, cmd=attempt.cmd, workdir=attempt.workdir or job.spec.workdir,
                 env=job_env(job, attempt), setup=job.spec.setup, gpus=job.spec.resources.gpus,
-                timeout=job.spec.resources.timeout,
+                timeout=job.spec.resources.timeout, batch=batch.id if batch else None,
+                max_parallel=batch.limit if batch else None,
             )
             record = await ctx.workers[attempt.host].launch(request)
         except Exception as exc:

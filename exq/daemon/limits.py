@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from exq.daemon.placement import Batch
 from exq.model.state import Job, JobStatus, Submission
 
 ACTIVE = (JobStatus.RUNNING, JobStatus.UNKNOWN)
@@ -16,21 +17,41 @@ ACTIVE = (JobStatus.RUNNING, JobStatus.UNKNOWN)
 
 
 class Running:
-    """How many jobs run per submission and per phase, as one placement pass sees and adds to them."""
+    """How many jobs run per submission and per phase, as one placement pass sees and adds to them. A throttled
+    batch (see exq.daemon.placement.Batch) counts as its limit, or its active jobs when fewer are left."""
 
-    def __init__(self, jobs: Iterable[Job] = ()) -> None:
+    def __init__(self, active: Iterable[tuple[Job, Batch | None]] = ()) -> None:
         self._submissions: Counter[str] = Counter()
         self._phases: Counter[tuple[str, str]] = Counter()
         self._labels: Counter[str] = Counter()
-        for job in jobs:
-            if job.status in ACTIVE:
+        batches: dict[Batch, list[Job]] = {}
+        for job, batch in active:
+            if job.status not in ACTIVE:
+                continue
+            if batch is None:
                 self.add(job)
+            else:
+                batches.setdefault(batch, []).append(job)
+        for batch, jobs in batches.items():
+            self.add(jobs[0], min(batch.limit, len(jobs)))
 
-    def add(self, job: Job) -> None:
-        """Count `job` as running (it was just placed)."""
-        self._submissions[job.submission] += 1
-        self._phases[(job.submission, job.phase)] += 1
-        self._labels.update(job.spec.labels)
+    def add(self, job: Job, weight: int = 1) -> None:
+        """Count `job` (it was just placed), or a batch of jobs like it of which `weight` may run at once."""
+        self._submissions[job.submission] += weight
+        self._phases[(job.submission, job.phase)] += weight
+        for label in job.spec.labels:
+            self._labels[label] += weight
+
+    def room(self, job: Job, submission: Submission | None) -> int | None:
+        """How many more jobs like `job` may start now under its max_parallel limits (None: it has none)."""
+        rooms = [most - self._labels[label] for label, most in job.spec.label_max_parallel.items()]
+        if submission is not None:
+            limit = submission.phase_max_parallel.get(job.phase)
+            if limit is not None:
+                rooms.append(limit - self._phases[(job.submission, job.phase)])
+            if submission.max_parallel is not None:
+                rooms.append(submission.max_parallel - self._submissions[job.submission])
+        return min(rooms) if rooms else None
 
     def held_back(self, job: Job, submission: Submission | None) -> str | None:
         """Why `job` may not start now for a max_parallel of its phase, submission or labels; None when it may."""

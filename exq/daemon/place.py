@@ -3,6 +3,7 @@ every job that fits and handing them to the launch step. Each job that must wait
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ from exq.daemon.context import Context
 from exq.daemon.deps import PAUSED, ReadyJobs
 from exq.daemon.launch import Launcher
 from exq.daemon.limits import Running
-from exq.daemon.placement import GpuLoad, Placement, Reservation, gpu_loads, place, why_waiting
+from exq.daemon.placement import Batch, GpuLoad, Placement, Reservation, gpu_loads, place, why_waiting
 from exq.daemon.waitfor import PathWaits
 from exq.model.state import Job
 
@@ -32,6 +33,15 @@ class _Pass:
     waiting: dict[int, str] = field(default_factory=dict)
     """Why jobs of one kind (see `Placer._kind`) could not start in this pass: capacity only shrinks
     and counts only grow during a pass, so the next job of that kind cannot start either."""
+    batches: dict[int, _OpenBatch] = field(default_factory=dict)
+    """The throttled batch jobs of one kind join in this pass, on a host with its own queue."""
+
+
+@dataclass
+class _OpenBatch:
+    batch: Batch
+    size: int
+    """How many jobs joined it so far."""
 
 
 class Placer:
@@ -50,6 +60,7 @@ class Placer:
         """Whether some queued job wanted a CPU slot at the last full pass."""
         self._kinds: dict[str, int] = {}
         self._kind_ids: dict[tuple[object, ...], int] = {}
+        self._batch_ids = itertools.count(1)
 
     def place(self) -> None:
         """Launch every ready job that fits, highest priority first, then submission order.
@@ -76,7 +87,7 @@ class Placer:
             self.waits.forget_unused(now)
             self._cpu_wanted = any(job.spec.resources.gpus == 0 for job in queued.values())
         turn = _Pass(now, gpu_loads(ctx.probes.snapshots, ctx.reservations.values()),
-                     Running(ctx.store.ledger.jobs[key] for key in ctx.reservations),
+                     Running((ctx.store.ledger.jobs[key], r.batch) for key, r in ctx.reservations.items()),
                      sum(1 for r in ctx.reservations.values() if not r.gpus))
         ready = ReadyJobs(ctx, now)
         launches = self._fill(ready, turn, full)
@@ -106,16 +117,45 @@ class Placer:
                 continue
             placement, workdir = found
             res = job.spec.resources
+            batch = self._batch(job, placement.host, turn)
             self.ctx.reservations[job.key] = Reservation(
-                job.key, placement.host, placement.gpus, res.gpu_memory, res.share)
+                job.key, placement.host, placement.gpus, res.gpu_memory, res.share, batch=batch)
             launches.append((job, placement, workdir))
             self._kinds.pop(job.key, None)
-            turn.running.add(job)
+            if batch is None:
+                turn.running.add(job)
             if placement.gpus:
                 turn.loads = gpu_loads(self.ctx.probes.snapshots, self.ctx.reservations.values())
             else:
                 turn.cpu_jobs += 1
         return launches
+
+    def _batch(self, job: Job, host: str, turn: _Pass) -> Batch | None:
+        """The throttled batch `job`, placed on `host`, joins: the open one of its kind there, else (when it has
+        max_parallel limits and the host a queue) a new one allowed as many running jobs as the limits have
+        room for, counted as that many. None: it counts as one running job."""
+        most = self.ctx.workers[host].capabilities.queue_batch
+        if not most:
+            return None
+        kind = self._kind(job)
+        joined = turn.batches.get(kind)
+        if joined is not None and joined.batch.host == host and joined.size < most:
+            joined.size += 1
+            return joined.batch
+        room = turn.running.room(job, self.ctx.submission(job.submission))
+        if room is None:
+            return None
+        batch = Batch(f"b{next(self._batch_ids)}", host, max(room, 1))
+        turn.batches[kind] = _OpenBatch(batch, 1)
+        turn.running.add(job, batch.limit)
+        return batch
+
+    def _joinable(self, job: Job, turn: _Pass) -> Batch | None:
+        """The open batch a job held back by max_parallel may still join (its room was counted for the batch)."""
+        joined = turn.batches.get(self._kind(job))
+        if joined is None or joined.size >= self.ctx.workers[joined.batch.host].capabilities.queue_batch:
+            return None
+        return joined.batch
 
     def _room(self, turn: _Pass) -> bool:
         """Whether one more job could start in this pass: a GPU not taken whole with memory left, or a CPU
@@ -154,7 +194,10 @@ class Placer:
         ctx = self.ctx
         spec = job.spec
         here = ctx.here is not None and (spec.hosts is None or ctx.here in spec.hosts)
-        why = turn.running.held_back(job, ctx.submission(job.submission))
+        held = why = turn.running.held_back(job, ctx.submission(job.submission))
+        joining = self._joinable(job, turn) if why is not None else None
+        if joining is not None:
+            why = None
         if why is None and here:
             assert ctx.here is not None
             why = self._paths_missing(job, ctx.here, spec.workdir, turn.now)
@@ -165,6 +208,11 @@ class Placer:
             ctx.note(job, why)
             return None
         hosts = self._usable_hosts(job, tuple(spec.hosts) if spec.hosts is not None else None)
+        if joining is not None:  # only there: anywhere else it would be one job more than its limits allow
+            if hosts is not None and joining.host not in hosts:
+                ctx.note(job, held or "")
+                return None
+            hosts = (joining.host,)
         placement = self._fit(job, hosts, turn)
         if placement is None:
             return None

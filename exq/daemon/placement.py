@@ -13,6 +13,16 @@ from exq.units import format_size
 DEFAULT_FOREIGN_THRESHOLD = 500 * 1024**2
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Launches of one kind handed together to a host with its own queue, which runs at most `limit` of them at
+    once (see `Capabilities.queue_batch`)."""
+
+    id: str
+    host: str
+    limit: int
+
+
 @dataclass
 class Reservation:
     """GPUs held by one exq attempt, from launch until its memory is seen released (settled)."""
@@ -30,6 +40,8 @@ class Reservation:
     """When its process group was first seen gone; a GPU probe newer than this must agree."""
     exited_at: float | None = None
     """When its runner was seen ending: the runner ends once the group is gone, so it was gone by then."""
+    batch: Batch | None = None
+    """The throttled batch it was launched in, if any (not kept across a restart: each then counts as one)."""
 
     @property
     def exclusive(self) -> bool:

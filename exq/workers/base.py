@@ -43,6 +43,10 @@ class Capabilities:
     on_daemon_host: bool = False
     """Its host is the daemon's own machine: a job that may run there has its wait_for paths checked
     there, and CPU-only jobs go there first."""
+    queue_batch: int = 0
+    """Its host keeps launched jobs in its own queue and runs at most `LaunchRequest.max_parallel` of one
+    batch at once (a Slurm array's `%N`): up to this many launches of one kind go to it as one batch, counted
+    as max_parallel running jobs, not one each. 0: no such queue; max_parallel is enforced by exq alone."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class LaunchRequest:
     """How many GPUs the job needs (a worker whose host allocates GPUs itself asks for this many)."""
     timeout: float | None = None
     """The job's timeout in seconds (exq kills it then; a batch system may be given a limit too)."""
+    batch: str | None = None
+    """Launches with the same batch go to the host's queue together (see `Capabilities.queue_batch`)."""
+    max_parallel: int | None = None
+    """With `batch`: at most this many of the batch may run at once."""
 
 
 @dataclass(frozen=True)

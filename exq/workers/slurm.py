@@ -64,6 +64,8 @@ from exq.workers.base import (
 from exq.workers.slurm_fscheck import CHECK_NAME, CHECK_TIME_LIMIT, SharedFilesCheck
 
 log = logging.getLogger("exq.slurm")
+_BatchKey = tuple[int, int | None, str | None, int | None]
+"""(GPUs, time limit, exq's batch, its max_parallel): launches that may go in as one array."""
 T = TypeVar("T")
 
 POLL = 1.0
@@ -89,7 +91,7 @@ WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"
 class SlurmWorker:
     """The Worker for a Slurm partition reached from this machine (the login node)."""
 
-    capabilities = Capabilities()
+    capabilities = Capabilities(queue_batch=ARRAY_MAX)
 
     def __init__(self, name: str, host: HostConfig, node_id: str, client: SlurmClient | None = None) -> None:
         if not host.partition:
@@ -110,8 +112,8 @@ class SlurmWorker:
         self._dirs: dict[str, str] = {}
         """Attempt directory of each watched job id."""
         self._lock = asyncio.Lock()
-        self._batches: dict[tuple[int, int | None], list[tuple[Path, asyncio.Future[str]]]] = {}
-        """Launches waiting to go in as one array, by (GPUs, time limit)."""
+        self._batches: dict[_BatchKey, list[tuple[Path, asyncio.Future[str]]]] = {}
+        """Launches waiting to go in as one array, by (GPUs, time limit, exq's batch, its max_parallel)."""
 
     async def _slurm(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A client call, off the event loop (whose SSH connection to the login node, if any, runs its commands)."""
@@ -158,7 +160,7 @@ class SlurmWorker:
         write_private(d / RUNNER_VARS_FILE,
                        "".join(f"export {name}={shlex.quote(value)}\n" for name, value in added.items()))
         limit = None if request.timeout is None else int(request.timeout) + TIME_LIMIT_MARGIN
-        job_id = await self._join_batch(d, request.gpus, limit)
+        job_id = await self._join_batch(d, (request.gpus, limit, request.batch, request.max_parallel))
         write_private(d / JOB_ID_FILE, job_id + "\n")
         while True:
             record = await self.read(str(d))
@@ -166,9 +168,8 @@ class SlurmWorker:
                 return record
             await self._refresh()
 
-    async def _join_batch(self, d: Path, gpus: int, limit: int | None) -> str:
+    async def _join_batch(self, d: Path, key: _BatchKey) -> str:
         """The job id (`ARRAY_TASK`) of attempt `d` once its batch was submitted."""
-        key = (gpus, limit)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         batch = self._batches.setdefault(key, [])
         batch.append((d, future))
@@ -176,18 +177,20 @@ class SlurmWorker:
             asyncio.get_running_loop().call_later(BATCH_WINDOW, self._submit_soon, key)
         return await future
 
-    def _submit_soon(self, key: tuple[int, int | None]) -> None:
+    def _submit_soon(self, key: _BatchKey) -> None:
         batch = self._batches.pop(key, [])
         for first in range(0, len(batch), ARRAY_MAX):
             task = asyncio.ensure_future(self._submit(batch[first:first + ARRAY_MAX], *key))
             task.add_done_callback(lambda done: done.exception() if not done.cancelled() else None)
 
-    async def _submit(self, batch: list[tuple[Path, asyncio.Future[str]]], gpus: int, limit: int | None) -> None:
+    async def _submit(self, batch: list[tuple[Path, asyncio.Future[str]]], gpus: int, limit: int | None,
+                      _batch: str | None, max_parallel: int | None) -> None:
         """One sbatch --array for the batch; each attempt's future gets its task's id (or the error)."""
         try:
             name, script = self._write_batch([d for d, _ in batch])
             array_id = await self._slurm(self._sbatch, str(script), job_name=name, gpus=gpus, time_limit_s=limit,
-                                         output=str(script.with_suffix(".%a.out")), array=len(batch))
+                                         output=str(script.with_suffix(".%a.out")), array=len(batch),
+                                         array_limit=max_parallel)
         except Exception as exc:  # every launch of the batch fails with it, as one launch would
             for _, future in batch:
                 if not future.done():
@@ -198,11 +201,11 @@ class SlurmWorker:
                 future.set_result(f"{array_id}_{index}")
 
     def _sbatch(self, script: str, *, job_name: str, gpus: int, time_limit_s: int | None, output: str,
-                array: int | None = None) -> str:
+                array: int | None = None, array_limit: int | None = None) -> str:
         """sbatch `script` to the host's partition, with its account, qos, constraint and sbatch_args: the job id."""
         host = self.host
         return self.client.submit(script, job_name=job_name, partition=host.partition or "", gres_gpus=gpus,
-                                  time_limit_s=time_limit_s, output=output, array=array,
+                                  time_limit_s=time_limit_s, output=output, array=array, array_limit=array_limit,
                                   extra_args=["--requeue", *host.sbatch_args], account=host.account, qos=host.qos,
                                   constraint=host.constraint)
 
