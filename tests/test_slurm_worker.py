@@ -39,6 +39,13 @@ def slurm_tasks(slurm: SlurmCluster, tmp_path: Path) -> list[tuple[str, str, str
     return [(t[0], t[1], t[2]) for t in tasks if len(t) == 3 and t[1] in ours]
 
 
+def run_to_the_end(exq: Exq, manifest: Path) -> None:
+    """Submit the manifest, start a daemon, and wait (bounded) until every job succeeded."""
+    exq("submit", str(manifest))
+    exq.start_daemon()
+    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+
+
 def test_a_two_phase_grid_runs_through_slurm_with_its_gpus(cluster_exq: Exq, slurm: SlurmCluster,
                                                            tmp_path: Path) -> None:
     exq = cluster_exq
@@ -59,9 +66,7 @@ def test_a_two_phase_grid_runs_through_slurm_with_its_gpus(cluster_exq: Exq, slu
             id: "e{{x}}"
             cmd: "echo evaluated {{x}}"
     """)
-    exq("submit", str(manifest))
-    exq.start_daemon()
-    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    run_to_the_end(exq, manifest)
     jobs = exq.jobs()
     for key in ("t1", "t2"):
         attempt = jobs[key]["attempts"][0]
@@ -90,9 +95,7 @@ def test_a_cuda_oom_is_retried_with_a_smaller_batch_on_slurm(cluster_exq: Exq, t
         on_oom: {{scale: {{param: batch, factor: 0.5}}}}
         cmd: 'if [ {{batch}} -gt 16 ]; then echo "torch.cuda.OutOfMemoryError: CUDA out of memory" >&2; exit 1; fi'
     """)
-    exq("submit", str(manifest))
-    exq.start_daemon()
-    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    run_to_the_end(exq, manifest)
     attempts = exq.jobs()["fit"]["attempts"]
     assert [a["outcome"] for a in attempts] == ["oom", "succeeded"]
     assert [a["params"]["batch"] for a in attempts] == [32, 16]
@@ -242,9 +245,7 @@ def test_one_manifest_spreads_over_this_machine_and_the_slurm_host(exq: Exq, slu
           - {{name: there, hosts: [cluster], gpus: 1, grid: {{i: [0, 1]}}, id: "c{{i}}", cmd: "sleep 1"}}
           - {{name: after, after: [here, there], gpus: 1, id: done, cmd: "echo all done"}}
     """)
-    exq("submit", str(manifest))
-    exq.start_daemon()
-    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    run_to_the_end(exq, manifest)
     jobs = exq.jobs()
     assert {jobs[k]["attempts"][0]["host"] for k in ("h0", "h1")} == {"local"}
     assert {jobs[k]["attempts"][0]["host"] for k in ("c0", "c1")} == {"cluster"}
@@ -376,9 +377,7 @@ def test_slurm_commands_run_on_a_login_node_over_ssh(exq: Exq, slurm: SlurmClust
         id: "r{{i}}"
         cmd: 'echo "$SLURM_JOB_ID" > job-{{i}}.txt; sleep 2'
     """)
-    exq("submit", str(manifest))
-    exq.start_daemon()
-    assert exq("wait", "--timeout", str(TIMEOUT)).returncode == 0
+    run_to_the_end(exq, manifest)
     assert all((tmp_path / f"job-{i}.txt").read_text().strip().isdigit() for i in (0, 1))
     host = json.loads(exq("hosts", "--json").stdout)[0]
     assert host["up"] and f"Slurm partition {slurm.partition}: 1 node(s)" in host["message"]
