@@ -114,3 +114,13 @@ def test_a_higher_foreign_threshold_lets_a_job_share_with_other_users() -> None:
     loads = gpu_loads(snapshot(3 * GiB, 1 * GiB), [])
     assert place(Resources(gpus=1), loads) is None
     assert place(Resources(gpus=1), loads, foreign_threshold=2 * GiB).gpus == (1,)  # type: ignore[union-attr]
+
+
+def test_gpus_that_run_a_job_at_once_come_before_a_queueing_hosts_slots() -> None:
+    """A Slurm partition's slots report more memory than any GPU, yet they take only the overflow."""
+    slots = tuple(GpuInfo(i, f"slot-{i}", "gpu slot", 2**50, 0) for i in range(4))
+    snapshots = {**snapshot(0), "cluster": GpuSnapshot(backend="slurm", gpus=slots, taken_at=0.0, slots=True)}
+    assert place(Resources(gpus=1), gpu_loads(snapshots, [])).host == "local"  # type: ignore[union-attr]
+    held = [Reservation("a", "local", (0,), None, False)]
+    assert place(Resources(gpus=1), gpu_loads(snapshots, held)).host == "cluster"  # type: ignore[union-attr]
+    assert place(Resources(gpus=2), gpu_loads(snapshots, [])).host == "cluster"  # type: ignore[union-attr]

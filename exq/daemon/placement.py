@@ -57,6 +57,8 @@ class GpuLoad:
     foreign: int
     reserved: int
     reservations: tuple[Reservation, ...]
+    slot: bool = False
+    """A slot of a host with its own queue (see GpuSnapshot.slots): a job placed there may wait in that queue."""
 
     @property
     def available(self) -> int:
@@ -86,7 +88,7 @@ def gpu_loads(snapshots: Mapping[str, GpuSnapshot], reservations: Iterable[Reser
             own = sum(p.used_memory for p in gpu.processes if p.pgid is not None and p.pgid in host_pgids)
             held = by_gpu.get((host, gpu.index), [])
             reserved = sum(r.memory if r.memory is not None else gpu.memory_total for r in held)
-            loads.append(GpuLoad(host, gpu, max(0, gpu.memory_used - own), reserved, tuple(held)))
+            loads.append(GpuLoad(host, gpu, max(0, gpu.memory_used - own), reserved, tuple(held), snap.slots))
     return loads
 
 
@@ -119,7 +121,8 @@ def place(
     """Pick `resources.gpus` usable GPUs of one host, most available memory first; None if none fit.
 
     GPUs in `avoid` (e.g. where the job just ran out of memory) are taken only when nothing else fits;
-    GPUs `devices` does not allow (see `permitted`) never.
+    GPUs `devices` does not allow (see `permitted`) never. A host with its own queue (slots) takes only what
+    GPUs that run a job at once cannot: it is the overflow.
     """
     allowed = set(hosts) if hosts is not None else None
     candidates: dict[str, list[GpuLoad]] = {}
@@ -127,14 +130,14 @@ def place(
         if (allowed is None or load.host in allowed) and permitted(load, devices or {}) \
                 and usable(load, resources, foreign_threshold):
             candidates.setdefault(load.host, []).append(load)
-    best: tuple[tuple[int, int], Placement] | None = None
+    best: tuple[tuple[int, bool, int], Placement] | None = None
     for host, host_loads in candidates.items():
         if len(host_loads) < resources.gpus:
             continue
         host_loads.sort(key=lambda ld: ((ld.host, ld.gpu.index) in avoid, -ld.available, ld.gpu.index))
         chosen = host_loads[: resources.gpus]
         avoided = sum((ld.host, ld.gpu.index) in avoid for ld in chosen)
-        score = (avoided, -min(ld.available for ld in chosen))
+        score = (avoided, chosen[0].slot, -min(ld.available for ld in chosen))
         if best is None or score < best[0]:
             placement = Placement(host, tuple(ld.gpu.index for ld in chosen), tuple(ld.gpu.uuid for ld in chosen))
             best = (score, placement)
