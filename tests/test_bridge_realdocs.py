@@ -49,10 +49,12 @@ def plan(exq: Exq, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def run_until_synced(exq: Exq, root: Path, jobs: int) -> None:
-    """Run the daemon until every job ended and the hook's sync decided the workflow's training gate."""
+    """Run the daemon until every job ended, the hook's sync decided the workflow's training gate, and the hook
+    ran for the last change (an earlier run may have decided the gate while a NICE run was still going)."""
     exq.start_daemon()
     exq.wait_finished(jobs, timeout=90)
     wait_until(lambda: "must-run done" in (root / TICKET).read_text(), 60, 0.2)
+    wait_until(lambda: all(sub["hook_covered"] == sub["changes"] for sub in exq.state()["submissions"]), 60, 0.2)
 
 
 def order(root: Path) -> dict[str, float]:
