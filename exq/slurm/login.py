@@ -44,7 +44,12 @@ class SshLogin:
         if self._loop is None:
             raise WorkerError(f"host {self.name}: the login node's connection has no event loop yet")
         future = asyncio.run_coroutine_threadsafe(self.run(argv), self._loop)
-        return future.result(COMMAND_TIMEOUT + self.host.connect_timeout + 10)
+        try:
+            return future.result(COMMAND_TIMEOUT + self.host.connect_timeout + 10)
+        except TimeoutError:  # the bounds inside run() come first; this one only guards a stuck loop
+            future.cancel()
+            raise HostUnreachableError(f"host {self.name}: login node {self.host.address}: {argv[0]} "
+                                       "did not complete in time") from None
 
     async def run(self, argv: Sequence[str]) -> tuple[int, str, str]:
         import asyncssh
