@@ -122,7 +122,11 @@ class SshHost:
 
     def sshd_config(self) -> str:
         path = f"{self.home}/bin:/usr/local/bin:/usr/bin:/bin"
-        more = "".join(f" {name}={value}" for name, value in self.env.items())
+        # A root login's shell is this machine's root shell, whose ~/.bashrc bash reads for an SSH command unless
+        # it is a nested shell: SHLVL=1 makes it one, so a slow or locked rc file (pyenv's rehash lock, left by
+        # a killed session) cannot hang the host's commands.
+        env = {**({"SHLVL": "1"} if self.root_login else {}), **self.env}
+        more = "".join(f" {name}={value}" for name, value in env.items())
         return f"""\
 ListenAddress {self.address}:{self.port}
 HostKey {self.dir}/ssh_host_ed25519_key
